@@ -1,0 +1,3 @@
+"""A BuildKit registry cache that survives between CI jobs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""Command line: `python -m cache_action serve|gc|stats ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cache_action import __version__
+from cache_action.errors import CacheActionError
+from cache_action.registry.server import ServeConfig, parse_listen, serve
+from cache_action.storage.access import read_stats
+from cache_action.storage.gc import collect_garbage
+from cache_action.storage.inventory import take_inventory
+from cache_action.storage.layout import Layout
+from cache_action.storage.lock import root_lock
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cache_action", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the OCI registry over a cache root")
+    serve_cmd.add_argument("--root", type=Path, required=True, help="the cache directory")
+    serve_cmd.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT (loopback)")
+    serve_cmd.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --listen address"
+    )
+    serve_cmd.add_argument("--ready-file", type=Path, help="written once the registry listens")
+    serve_cmd.add_argument("--log-requests", action="store_true", help="log every request")
+
+    gc_cmd = commands.add_parser("gc", help="delete blobs no tag reaches")
+    gc_cmd.add_argument("--root", type=Path, required=True)
+    gc_cmd.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
+
+    stats_cmd = commands.add_parser("stats", help="what the root holds and the last run's counters")
+    stats_cmd.add_argument("--root", type=Path, required=True)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        host, port = parse_listen(args.listen, args.allow_remote)
+        config = ServeConfig(args.root, host, port, args.ready_file, args.log_requests)
+        asyncio.run(serve(config))
+        return 0
+    layout = Layout(args.root)
+    if not layout.root.is_dir():
+        raise CacheActionError(f"--root: {args.root} is not a directory")
+    if args.command == "gc":
+        with root_lock(layout, "gc"):
+            report = collect_garbage(layout, dry_run=args.dry_run)
+        print(json.dumps(report.to_json(), indent=1))
+        return 0
+    document = {"root": str(layout.root), **take_inventory(layout).to_json()}
+    document["last_run"] = read_stats(layout)
+    print(json.dumps(document, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CacheActionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

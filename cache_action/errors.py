@@ -1,0 +1,62 @@
+"""The few exception types the package raises, each with a message a user can act on.
+
+CacheActionError            anything this package reports to a user
+├── InputError              a setting (flag, input, env var) has a value we do not accept
+├── RootLockedError         another process is serving or pruning the same root
+└── OCIError                a registry-level failure, named by its OCI distribution-spec code
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class CacheActionError(Exception):
+    """Base class: the message is shown to the user as is."""
+
+
+class InputError(CacheActionError):
+    """A setting has a value we do not accept; the message names it, the value and what is."""
+
+    def __init__(self, name: str, value: object, accepted: str) -> None:
+        super().__init__(f"{name}: {value!r} is not valid; expected {accepted}")
+        self.name = name
+        self.value = value
+        self.accepted = accepted
+
+
+class RootLockedError(CacheActionError):
+    """Two processes must never write one registry root at once (a sweep would race a push)."""
+
+
+class ErrorCode(StrEnum):
+    """The error codes of the OCI distribution spec (v1.1), the vocabulary of storage failures."""
+
+    BLOB_UNKNOWN = "BLOB_UNKNOWN"
+    BLOB_UPLOAD_INVALID = "BLOB_UPLOAD_INVALID"
+    BLOB_UPLOAD_UNKNOWN = "BLOB_UPLOAD_UNKNOWN"
+    DIGEST_INVALID = "DIGEST_INVALID"
+    MANIFEST_BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"
+    MANIFEST_INVALID = "MANIFEST_INVALID"
+    MANIFEST_UNKNOWN = "MANIFEST_UNKNOWN"
+    NAME_INVALID = "NAME_INVALID"
+    NAME_UNKNOWN = "NAME_UNKNOWN"
+    SIZE_INVALID = "SIZE_INVALID"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    DENIED = "DENIED"
+    UNSUPPORTED = "UNSUPPORTED"
+    TOOMANYREQUESTS = "TOOMANYREQUESTS"
+    PAGINATION_NUMBER_INVALID = "PAGINATION_NUMBER_INVALID"  # distribution's, not in OCI's list
+
+
+class OCIError(CacheActionError):
+    """A failure of a registry operation; the HTTP layer maps the code to a status."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, detail: object = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.status = status  # overrides the code's usual HTTP status (416, 413)

@@ -1,0 +1,130 @@
+"""Run the registry over a root until SIGTERM/SIGINT, then shut down cleanly.
+
+Shutdown finishes in-flight requests, then flushes the access record and this run's stats, so
+the post stage (or the next job) sees everything the build did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from cache_action.errors import InputError
+from cache_action.registry.app import create_app
+from cache_action.registry.context import REGISTRY
+from cache_action.storage.access import write_stats
+from cache_action.storage.files import write_atomic
+from cache_action.storage.lock import root_lock
+from cache_action.storage.root import Storage
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 5000
+    ready_file: Path | None = None
+    log_requests: bool = False
+
+
+def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:5000`); a non-loopback host needs `allow_remote`."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    accepted = "HOST:PORT with an IP address and a port from 0 to 65535, e.g. 127.0.0.1:5000"
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise InputError("--listen", text, accepted)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise InputError("--listen", text, accepted) from None
+        address = ipaddress.ip_address("127.0.0.1")
+    if not address.is_loopback:
+        if not allow_remote:
+            raise InputError(
+                "--listen",
+                text,
+                "a loopback address (127.0.0.0/8 or ::1); add --allow-remote to listen on "
+                f"{host}, which exposes an unauthenticated registry to the network",
+            )
+        log.warning("listening on %s: the registry has no authentication", host)
+    return str(address), int(port_text)
+
+
+async def serve(config: ServeConfig) -> None:
+    storage = Storage.open(config.root)
+    with root_lock(storage.layout, "serve"):
+        storage.uploads.clear()
+        app = create_app(storage)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=log if config.log_requests else None,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        )
+        await runner.setup()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+            await site.start()
+            address = _bound_address(runner)
+            log.info("registry serving %s on http://%s", storage.layout.root, address)
+            if config.ready_file is not None:
+                _write_ready_file(config.ready_file, address)
+            housekeeping = asyncio.create_task(_housekeeping(storage))
+            await stop.wait()
+            log.info("stopping: finishing requests in flight")
+            housekeeping.cancel()
+        finally:
+            await runner.cleanup()
+            _persist(storage, app)
+            if config.ready_file is not None:
+                config.ready_file.unlink(missing_ok=True)
+
+
+def _bound_address(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _write_ready_file(path: Path, address: str) -> None:
+    """Readiness that needs no TCP connection: the action container is on another network."""
+    write_atomic(path, json.dumps({"address": address, "started_at": time.time()}).encode())
+
+
+async def _housekeeping(storage: Storage) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+        data = storage.access.snapshot()
+        if data is not None:
+            try:
+                await asyncio.to_thread(write_atomic, storage.layout.access_path, data)
+            except OSError as error:
+                storage.access.dirty = True
+                log.warning("could not save the access record: %s", error)
+        storage.uploads.purge_stale()
+
+
+def _persist(storage: Storage, app: web.Application) -> None:
+    stats = app[REGISTRY].stats
+    stats.stopped_at = time.time()
+    storage.access.flush()
+    write_stats(storage.layout, stats)
+    log.info("flushed access record and stats: %s", json.dumps(stats.to_json()))

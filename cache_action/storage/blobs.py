@@ -1,0 +1,96 @@
+"""Blobs: immutable, content-addressed, stored once in the pool and linked into repositories."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from cache_action.storage.digests import Digest
+from cache_action.storage.files import fsync_dir, link_or_copy, temp_name
+from cache_action.storage.index import IndexStore
+from cache_action.storage.layout import Layout
+
+
+class BlobStore:
+    """Existence is always read from disk, never cached: a stale 'present' breaks builds."""
+
+    def __init__(self, layout: Layout, indexes: IndexStore) -> None:
+        self.layout = layout
+        self.indexes = indexes
+
+    def path(self, name: str, digest: Digest) -> Path:
+        return self.layout.repo_blob(name, digest)
+
+    def size(self, name: str, digest: Digest) -> int | None:
+        """The blob's size in `name`, or None when the repository does not hold it."""
+        try:
+            return os.stat(self.path(name, digest)).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read(self, name: str, digest: Digest) -> bytes | None:
+        """Small blobs only (manifests, configs)."""
+        try:
+            return self.path(name, digest).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def in_pool(self, digest: Digest) -> bool:
+        return self.layout.pool_blob(digest).is_file()
+
+    def commit(self, name: str, digest: Digest, verified_file: Path) -> None:
+        """Publish a file whose content is known to match `digest` (and is fsynced)."""
+        pool = self.layout.pool_blob(digest)
+        if pool.is_file():
+            verified_file.unlink()
+        else:
+            pool.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(verified_file, pool)
+            fsync_dir(pool.parent)
+        self._link(name, digest)
+
+    def put_bytes(self, name: str, digest: Digest, data: bytes) -> None:
+        """Store a small blob (a manifest) whose digest the caller computed from `data`."""
+        if self.size(name, digest) is not None:
+            return
+        pool = self.layout.pool_blob(digest)
+        if not pool.is_file():
+            pool.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_name(pool)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, pool)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise
+        self._link(name, digest)
+
+    def mount(self, name: str, digest: Digest, source: str | None) -> bool:
+        """Link a blob from `source` (or, with no source, from the pool) into `name`."""
+        if source is not None:
+            origin = self.path(source, digest)
+            if not origin.is_file():
+                return False
+            if not self.in_pool(digest):  # a repository file with no pool entry yet
+                link_or_copy(origin, self.layout.pool_blob(digest))
+        elif not self.in_pool(digest):
+            return False
+        self._link(name, digest)
+        return True
+
+    def delete(self, name: str, digest: Digest) -> bool:
+        """Unlink from one repository; the pool copy goes at the next garbage collection."""
+        try:
+            self.path(name, digest).unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def _link(self, name: str, digest: Digest) -> None:
+        self.indexes.ensure(name)
+        link_or_copy(self.layout.pool_blob(digest), self.path(name, digest))

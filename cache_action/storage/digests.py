@@ -1,0 +1,53 @@
+"""Content digests: the only identifiers storage trusts."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from cache_action.errors import ErrorCode, OCIError
+
+_ENCODED = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+    def copy(self) -> Hasher: ...
+
+
+@dataclass(frozen=True, order=True)
+class Digest:
+    algorithm: str
+    hex: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse `alg:hex`; anything but well-formed sha256/sha512 is DIGEST_INVALID."""
+        algorithm, _, encoded = text.partition(":")
+        pattern = _ENCODED.get(algorithm)
+        if pattern is None or not pattern.fullmatch(encoded):
+            if _GRAMMAR.fullmatch(text) and algorithm not in _ENCODED:
+                reason = f"algorithm {algorithm!r} is not supported (use sha256 or sha512)"
+            else:
+                reason = "expected sha256:<64 hex> or sha512:<128 hex>"
+            raise OCIError(ErrorCode.DIGEST_INVALID, f"invalid digest {text[:200]!r}: {reason}")
+        return cls(algorithm, encoded)
+
+    @classmethod
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+    def hasher(self) -> Hasher:
+        return hashlib.new(self.algorithm)
+
+
+def looks_like_digest(text: str) -> bool:
+    """A reference with a colon can only be a digest (tags may not contain one)."""
+    return ":" in text
