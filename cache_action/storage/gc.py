@@ -53,7 +53,7 @@ def _parse_digest(text: object) -> Digest | None:
         return None
 
 
-class _RepositoryMarker:
+class RepositoryMarker:
     """Reachability inside one repository."""
 
     def __init__(self, blobs: BlobStore, name: str, index: RepositoryIndex) -> None:
@@ -66,7 +66,7 @@ class _RepositoryMarker:
 
     def run(self) -> set[Digest]:
         roots = [d for d in self.index.manifests if tag_of(d) is not None]
-        self._walk(self._root_digests(roots))
+        self.walk(self._root_digests(roots))
         untagged = [d for d in self.index.manifests if tag_of(d) is None]
         while True:
             referrers = [
@@ -76,12 +76,13 @@ class _RepositoryMarker:
             ]
             if not referrers:
                 return self.marked
-            self._walk(referrers)
+            self.walk(referrers)
 
     def _root_digests(self, entries: Iterable[Descriptor]) -> list[Digest]:
         return [d for entry in entries if (d := _parse_digest(entry.get("digest"))) is not None]
 
-    def _walk(self, digests: list[Digest]) -> None:
+    def walk(self, digests: list[Digest]) -> None:
+        """Mark `digests` and all they reference; unreadable references land in `missing`."""
         pending = list(digests)
         while pending:
             digest = pending.pop()
@@ -107,7 +108,10 @@ class _RepositoryMarker:
                     self.marked.add(reference.digest)
                     if self.blobs.size(self.name, reference.digest) is None:
                         self.missing.add(reference.digest)
-            if manifest.subject is not None and self.blobs.size(self.name, manifest.subject):
+            if (
+                manifest.subject is not None
+                and self.blobs.size(self.name, manifest.subject) is not None
+            ):
                 pending.append(manifest.subject)
 
     def _subject(self, digest: Digest) -> Digest | None:
@@ -115,6 +119,13 @@ class _RepositoryMarker:
             manifest = read_manifest(self.blobs.read(self.name, digest) or b"")
             self._subjects[digest] = manifest.subject if manifest else None
         return self._subjects[digest]
+
+
+def missing_closure(blobs: BlobStore, name: str, digest: Digest) -> set[Digest]:
+    """What a manifest needs that `name` lacks: non-empty means serving it would break builds."""
+    marker = RepositoryMarker(blobs, name, RepositoryIndex([]))
+    marker.walk([digest])
+    return marker.missing
 
 
 def collect_garbage(layout: Layout, dry_run: bool = False) -> GcReport:
@@ -125,7 +136,7 @@ def collect_garbage(layout: Layout, dry_run: bool = False) -> GcReport:
     doomed: list[Path] = []
     reachable: set[Digest] = set()
     for name in layout.repositories():
-        marker = _RepositoryMarker(blobs, name, indexes.read(name) or RepositoryIndex([]))
+        marker = RepositoryMarker(blobs, name, indexes.read(name) or RepositoryIndex([]))
         marked = marker.run()
         reachable |= marked
         report.missing += sorted(f"{name}@{d}" for d in marker.missing)

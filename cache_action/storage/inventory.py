@@ -32,7 +32,7 @@ def take_inventory(layout: Layout) -> Inventory:
     seen: set[tuple[int, int]] = set()
     digests: set[str] = set()
     for blob_dir in blob_dirs:
-        for path in _files(blob_dir):
+        for path in blob_files(blob_dir):
             info = path.stat()
             digests.add(f"{path.parent.name}:{path.name}")
             if (info.st_dev, info.st_ino) not in seen:
@@ -42,7 +42,8 @@ def take_inventory(layout: Layout) -> Inventory:
     return inventory
 
 
-def _files(blob_dir: Path) -> list[Path]:
+def blob_files(blob_dir: Path) -> list[Path]:
+    """Blob files under `blob_dir/<alg>/`, temp files excluded."""
     if not blob_dir.is_dir():
         return []
     found = []

@@ -1,0 +1,164 @@
+"""A store over any object backend that keeps blobs content-addressed (local directory, S3).
+
+    blobs/<alg>/<hex>                         every blob once, shared by all scopes and refs
+    entries/<namespace>/<scope>/<ref>/<created-ms>-<unique>.json     one snapshot per save
+
+Saves upload only blobs the backend lacks, in parallel, and write the snapshot last, so no
+reader ever sees an entry whose blobs are missing. Each save is a new object: concurrent jobs
+never overwrite each other; the newest entry of a (scope, ref) is the one restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote
+
+from cache_action.scopes import EntryName
+from cache_action.storage.digests import Digest
+from cache_action.storage.layout import Layout
+from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult, StoreError
+from cache_action.stores.snapshot import (
+    Snapshot,
+    apply_snapshots,
+    record_restored,
+    restored_fingerprint,
+    take_snapshot,
+)
+
+log = logging.getLogger(__name__)
+ENTRIES = "entries/"
+KEEP_PER_REF = 2  # the newest two: a reader that listed just before a save still finds its entry
+
+
+class ObjectBackend(Protocol):
+    description: str
+
+    def missing_blobs(self, digests: Sequence[str]) -> set[str]: ...
+    def put_blob(self, digest: Digest, source: Path) -> None: ...
+    def get_blob(self, digest: Digest, target: Path) -> None: ...
+    def put_object(self, key: str, data: bytes) -> None: ...
+    def get_object(self, key: str) -> bytes | None: ...
+    def list_objects(self, prefix: str) -> list[tuple[str, int]]: ...  # (key, size)
+    def delete_object(self, key: str) -> None: ...
+
+
+def _entry_info(name: EntryName, key: str, size: int) -> EntryInfo:
+    stamp = key.rsplit("/", 1)[-1].split("-", 1)[0]
+    created = int(stamp) / 1000 if stamp.isdigit() else 0.0
+    return EntryInfo(name, key, created, size)
+
+
+class ContentAddressedStore:
+    def __init__(self, backend: ObjectBackend, workers: int = 8) -> None:
+        self.backend = backend
+        self.workers = workers
+        self.description = backend.description
+
+    def entries_of(self, name: EntryName) -> list[EntryInfo]:
+        """Entries of one (namespace, scope, ref), newest first."""
+        listed = self.backend.list_objects(ENTRIES + name.prefix)
+        entries = [_entry_info(name, key, size) for key, size in listed if key.endswith(".json")]
+        return sorted(entries, key=lambda e: e.key, reverse=True)
+
+    def restore(self, layout: Layout, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
+        started = time.monotonic()
+        result = RestoreResult()
+        found: list[tuple[EntryInfo, Snapshot]] = []
+        exact = True
+        for chain in chains:
+            match = self._first_match(chain)
+            if match is None or match[0].name != chain[0]:
+                exact = False
+            if match is not None:
+                found.append(match)
+        if found:
+            result.hit = HitKind.EXACT if exact else HitKind.PARTIAL
+            found.sort(key=lambda pair: pair[1].created_at)  # oldest first: the newest tag wins
+            report = apply_snapshots(
+                layout, [(snapshot, self.backend.get_blob) for _, snapshot in found], self.workers
+            )
+            result.restored = [info for info, _ in reversed(found)]
+            result.blobs_downloaded = report.blobs_fetched
+            result.bytes_downloaded = report.bytes_fetched
+            result.tags_dropped = report.tags_dropped
+        record_restored(layout, [info.key for info in result.restored])
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _first_match(self, chain: Sequence[EntryName]) -> tuple[EntryInfo, Snapshot] | None:
+        for name in chain:
+            for entry in self.entries_of(name):
+                data = self.backend.get_object(entry.key)
+                if data is None:
+                    continue  # deleted between list and get
+                try:
+                    return entry, Snapshot.from_bytes(data)
+                except StoreError as error:
+                    log.warning("skipping %s: %s", entry.key, error)
+        return None
+
+    def save(self, layout: Layout, name: EntryName) -> SaveResult:
+        started = time.monotonic()
+        snapshot = take_snapshot(layout)
+        result = SaveResult()
+        if not snapshot.blobs:
+            result.skipped_reason = "the cache is empty"
+        elif snapshot.fingerprint() == restored_fingerprint(layout):
+            result.skipped_reason = "nothing changed since the restore"
+        if result.skipped_reason:
+            result.seconds = time.monotonic() - started
+            return result
+        missing = self.backend.missing_blobs(sorted(snapshot.blobs))
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            uploads = [
+                pool.submit(self.backend.put_blob, Digest.parse(d), self._pool_path(layout, d))
+                for d in sorted(missing)
+            ]
+            for upload in uploads:
+                upload.result()
+        stamp = int(snapshot.created_at * 1000)
+        key = f"{ENTRIES}{name.prefix}{stamp:013d}-{uuid.uuid4().hex[:12]}.json"
+        self.backend.put_object(key, snapshot.to_bytes())
+        result.saved = True
+        result.key = key
+        result.blobs_uploaded = len(missing)
+        result.bytes_uploaded = sum(snapshot.blobs[d] for d in missing)
+        self._delete_superseded(name, keep=key)
+        result.seconds = time.monotonic() - started
+        return result
+
+    @staticmethod
+    def _pool_path(layout: Layout, digest_text: str) -> Path:
+        digest = Digest.parse(digest_text)
+        pooled = layout.pool_blob(digest)
+        if pooled.is_file():
+            return pooled
+        for repository in layout.repositories():  # a root written by another tool: no pool
+            candidate = layout.repo_blob(repository, digest)
+            if candidate.is_file():
+                return candidate
+        raise StoreError(f"blob {digest} vanished from the root during save")
+
+    def _delete_superseded(self, name: EntryName, keep: str) -> None:
+        entries = self.entries_of(name)
+        for entry in entries[KEEP_PER_REF:]:
+            if entry.key != keep:
+                self.backend.delete_object(entry.key)
+
+    def list_entries(self, namespace: str) -> list[EntryInfo]:
+        entries = []
+        for key, size in self.backend.list_objects(f"{ENTRIES}{namespace}/"):
+            parts = key[len(ENTRIES) :].split("/")
+            if len(parts) == 4 and parts[3].endswith(".json"):
+                name = EntryName(parts[0], parts[1], unquote(parts[2]))
+                entries.append(_entry_info(name, key, size))
+        return sorted(entries, key=lambda e: e.key)
+
+    def delete(self, entry: EntryInfo) -> None:
+        self.backend.delete_object(entry.key)

@@ -1,0 +1,141 @@
+"""The S3 backend (AWS or any S3-compatible server): boto3, parallel multipart transfers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cache_action.errors import InputError
+from cache_action.storage.digests import Digest
+from cache_action.stores.base import StoreError
+
+PART_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, str | None]) -> S3Settings:
+        """`s3://bucket/prefix`; other settings from `options` (None: the AWS default chain)."""
+        rest = url.removeprefix("s3://")
+        bucket, _, prefix = rest.partition("/")
+        if not url.startswith("s3://") or not bucket:
+            raise InputError("store", url, "s3://BUCKET[/PREFIX]")
+        prefix = prefix.strip("/")
+        return cls(
+            bucket=bucket,
+            prefix=f"{prefix}/" if prefix else "",
+            region=options.get("region") or None,
+            endpoint_url=options.get("endpoint_url") or None,
+            access_key_id=options.get("access_key_id") or None,
+            secret_access_key=options.get("secret_access_key") or None,
+            session_token=options.get("session_token") or None,
+        )
+
+
+def _fail(action: str, error: Exception) -> StoreError:
+    return StoreError(f"S3 {action} failed: {error}")
+
+
+class S3Backend:
+    def __init__(self, settings: S3Settings, workers: int = 8) -> None:
+        self.settings = settings
+        self.description = f"s3://{settings.bucket}/{settings.prefix}"
+        self.client: Any = boto3.session.Session().client(
+            "s3",
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            aws_session_token=settings.session_token,
+            config=Config(
+                retries={"max_attempts": 8, "mode": "adaptive"},
+                max_pool_connections=max(10, workers * 4),
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=PART_BYTES,
+            multipart_chunksize=PART_BYTES,
+            max_concurrency=4,
+        )
+
+    def _key(self, key: str) -> str:
+        return self.settings.prefix + key
+
+    def _blob_key(self, digest: Digest) -> str:
+        return self._key(f"blobs/{digest.algorithm}/{digest.hex}")
+
+    def missing_blobs(self, digests: Sequence[str]) -> set[str]:
+        """One listing of blobs/ instead of a HEAD per blob."""
+        present = {
+            key.removeprefix("blobs/").replace("/", ":", 1)
+            for key, _ in self.list_objects("blobs/")
+        }
+        return set(digests) - present
+
+    def put_blob(self, digest: Digest, source: Path) -> None:
+        try:
+            self.client.upload_file(
+                str(source), self.settings.bucket, self._blob_key(digest), Config=self.transfer
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise _fail(f"upload of {digest}", error) from None
+
+    def get_blob(self, digest: Digest, target: Path) -> None:
+        try:
+            self.client.download_file(
+                self.settings.bucket, self._blob_key(digest), str(target), Config=self.transfer
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise _fail(f"download of {digest}", error) from None
+
+    def put_object(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.settings.bucket, Key=self._key(key), Body=data)
+        except (BotoCoreError, ClientError) as error:
+            raise _fail(f"write of {key}", error) from None
+
+    def get_object(self, key: str) -> bytes | None:
+        try:
+            response = self.client.get_object(Bucket=self.settings.bucket, Key=self._key(key))
+            return bytes(response["Body"].read())
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise _fail(f"read of {key}", error) from None
+        except BotoCoreError as error:
+            raise _fail(f"read of {key}", error) from None
+
+    def list_objects(self, prefix: str) -> list[tuple[str, int]]:
+        found = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.bucket, Prefix=self._key(prefix)
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    found.append((item["Key"][len(self.settings.prefix) :], int(item["Size"])))
+        except (BotoCoreError, ClientError) as error:
+            raise _fail(f"listing of {prefix}", error) from None
+        return found
+
+    def delete_object(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.settings.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as error:
+            raise _fail(f"delete of {key}", error) from None

@@ -1,0 +1,260 @@
+"""An entry's manifest: the repositories' indexes, the blobs they hold, and the access record.
+
+Stores keep blobs content-addressed and one small snapshot per entry, so a save uploads only
+blobs the store lacks and a restore downloads only blobs the root lacks. Applying snapshots
+merges them into a root: blobs are unioned, and for a tag held by several entries the newest
+entry wins. A tag whose closure did not arrive is dropped, so BuildKit misses instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache_action.errors import OCIError
+from cache_action.storage.access import SECTIONS, AccessRecord
+from cache_action.storage.blobs import BlobStore
+from cache_action.storage.digests import Digest
+from cache_action.storage.files import fsync_dir, temp_name, write_atomic
+from cache_action.storage.gc import missing_closure
+from cache_action.storage.index import Descriptor, IndexStore, RepositoryIndex, tag_of
+from cache_action.storage.inventory import blob_files
+from cache_action.storage.layout import Layout, validate_name
+from cache_action.stores.base import StoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cache-action/snapshot/v1"
+RESTORED_FILE = "restored.json"
+BlobFetcher = Callable[[Digest, Path], None]  # writes the blob's bytes to the given path
+
+
+@dataclass
+class Snapshot:
+    created_at: float
+    repositories: dict[str, dict[str, Any]]  # name → {"manifests": [...], "blobs": [...]}
+    blobs: dict[str, int]  # digest → size
+    access: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.blobs.values())
+
+    def fingerprint(self) -> str:
+        """Identity of the content (not of access times): equal means nothing to save."""
+        content = {"repositories": self.repositories, "blobs": self.blobs}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        document = {
+            "format": FORMAT,
+            "created_at": self.created_at,
+            "repositories": self.repositories,
+            "blobs": self.blobs,
+            "access": self.access,
+        }
+        return json.dumps(document, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Snapshot:
+        try:
+            document = json.loads(data)
+            if document.get("format") != FORMAT:
+                raise ValueError(f"unknown format {document.get('format')!r}")
+            blobs = {str(Digest.parse(d)): int(n) for d, n in document["blobs"].items()}
+            repositories = {
+                str(name): {
+                    "manifests": [m for m in state["manifests"] if isinstance(m, dict)],
+                    "blobs": [str(Digest.parse(d)) for d in state["blobs"]],
+                }
+                for name, state in document["repositories"].items()
+            }
+            access = document.get("access") or {}
+            return cls(float(document["created_at"]), repositories, blobs, access)
+        except (ValueError, KeyError, TypeError, AttributeError, OCIError) as error:
+            raise StoreError(f"corrupt cache entry manifest: {error}") from None
+
+
+def take_snapshot(layout: Layout) -> Snapshot:
+    indexes = IndexStore(layout)
+    repositories: dict[str, dict[str, Any]] = {}
+    blobs: dict[str, int] = {}
+    for name in layout.repositories():
+        index = indexes.read(name) or RepositoryIndex([])
+        held = []
+        for path in blob_files(layout.repository(name) / "blobs"):
+            digest = f"{path.parent.name}:{path.name}"
+            blobs[digest] = path.stat().st_size
+            held.append(digest)
+        repositories[name] = {"manifests": index.manifests, "blobs": sorted(held)}
+    access = AccessRecord.load(layout).times
+    return Snapshot(time.time(), repositories, blobs, access)
+
+
+@dataclass
+class ApplyReport:
+    blobs_fetched: int = 0
+    bytes_fetched: int = 0
+    tags_dropped: list[str] = field(default_factory=list)
+
+
+def apply_snapshots(
+    layout: Layout, sources: Sequence[tuple[Snapshot, BlobFetcher]], workers: int = 8
+) -> ApplyReport:
+    """Merge `sources` (oldest first) into the root; fetch only blobs it lacks, verified."""
+    layout.create()
+    report = ApplyReport()
+    blobs = BlobStore(layout, IndexStore(layout))
+    owner: dict[str, tuple[int, BlobFetcher]] = {}
+    for snapshot, fetch in sources:
+        for digest, size in snapshot.blobs.items():
+            owner[digest] = (size, fetch)
+    missing = [d for d in owner if not layout.pool_blob(Digest.parse(d)).is_file()]
+
+    def fetch_one(digest_text: str) -> int:
+        size, fetch = owner[digest_text]
+        return _fetch_verified(layout, Digest.parse(digest_text), size, fetch)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for digest_text, fetched in zip(
+            missing, pool.map(_guarded(fetch_one), missing), strict=True
+        ):
+            if fetched is None:
+                log.warning("could not restore blob %s", digest_text)
+                continue
+            report.blobs_fetched += 1
+            report.bytes_fetched += fetched
+    for name, manifests in _merged_indexes(layout, [s for s, _ in sources]).items():
+        report.tags_dropped += _install_repository(layout, blobs, name, manifests, sources)
+    _merge_access(layout, [s for s, _ in sources])
+    return report
+
+
+def _guarded(function: Callable[[str], int]) -> Callable[[str], int | None]:
+    def call(argument: str) -> int | None:
+        try:
+            return function(argument)
+        except (OSError, StoreError) as error:
+            log.warning("%s", error)
+            return None
+
+    return call
+
+
+def _fetch_verified(layout: Layout, digest: Digest, size: int, fetch: BlobFetcher) -> int:
+    """Fetch into a temp file, check size and digest, then publish into the pool."""
+    target = layout.pool_blob(digest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(target)
+    try:
+        fetch(digest, tmp)
+        hasher = digest.hasher()
+        with open(tmp, "rb") as f:
+            while block := f.read(1 << 20):
+                hasher.update(block)
+            os.fsync(f.fileno())
+        actual_size = tmp.stat().st_size
+        if hasher.hexdigest() != digest.hex or actual_size != size:
+            raise StoreError(f"blob {digest} arrived corrupt ({actual_size} bytes); dropped")
+        tmp.replace(target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fsync_dir(target.parent)
+    return size
+
+
+def _merged_indexes(layout: Layout, snapshots: Sequence[Snapshot]) -> dict[str, list[Descriptor]]:
+    """Per repository: what the root has, then each snapshot in order; later tags win."""
+    indexes = IndexStore(layout)
+    names = set(layout.repositories())
+    for snapshot in snapshots:
+        names |= snapshot.repositories.keys()
+    merged: dict[str, list[Descriptor]] = {}
+    for name in sorted(names):
+        layers = [(indexes.read(name) or RepositoryIndex([])).manifests]
+        layers += [s.repositories[name]["manifests"] for s in snapshots if name in s.repositories]
+        tagged: dict[str, Descriptor] = {}
+        untagged: dict[str, Descriptor] = {}
+        for manifests in layers:
+            for entry in manifests:
+                tag = tag_of(entry)
+                if tag is None:
+                    untagged.setdefault(str(entry.get("digest")), entry)
+                else:
+                    tagged[tag] = entry
+        merged[name] = [*untagged.values(), *tagged.values()]
+    return merged
+
+
+def _install_repository(
+    layout: Layout,
+    blobs: BlobStore,
+    name: str,
+    manifests: list[Descriptor],
+    sources: Sequence[tuple[Snapshot, BlobFetcher]],
+) -> list[str]:
+    """Link the repository's blobs, then write its index with only complete tags."""
+    try:
+        validate_name(name)
+    except OCIError:
+        log.warning("skipping repository with an invalid name %r", name)
+        return []
+    wanted = {
+        d for s, _ in sources if name in s.repositories for d in s.repositories[name]["blobs"]
+    }
+    for digest_text in sorted(wanted):
+        digest = Digest.parse(digest_text)
+        if layout.pool_blob(digest).is_file():
+            blobs.mount(name, digest, None)
+    kept, dropped = [], []
+    for entry in manifests:
+        try:
+            digest = Digest.parse(entry["digest"])
+        except (OCIError, KeyError, TypeError):
+            continue
+        tag = tag_of(entry)
+        if missing_closure(blobs, name, digest):
+            if tag is not None:
+                dropped.append(f"{name}:{tag}")
+            continue
+        kept.append(entry)
+    IndexStore(layout).ensure(name)
+    write_atomic(layout.index_path(name), RepositoryIndex(kept).to_bytes())
+    return dropped
+
+
+def _merge_access(layout: Layout, snapshots: Sequence[Snapshot]) -> None:
+    record = AccessRecord.load(layout)
+    for snapshot in snapshots:
+        for section in SECTIONS:
+            for key, value in (snapshot.access.get(section) or {}).items():
+                if isinstance(value, int | float):
+                    current = record.times[section].get(key, 0.0)
+                    record.times[section][key] = max(current, float(value))
+                    record.dirty = True
+    record.flush()
+
+
+def record_restored(layout: Layout, keys: list[str]) -> None:
+    """Remember what the root looked like right after restore, to skip a no-op save."""
+    document = {"keys": keys, "fingerprint": take_snapshot(layout).fingerprint()}
+    write_atomic(layout.meta_dir / RESTORED_FILE, json.dumps(document).encode())
+
+
+def restored_fingerprint(layout: Layout) -> str | None:
+    try:
+        document = json.loads((layout.meta_dir / RESTORED_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    value = document.get("fingerprint") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else None
