@@ -21,7 +21,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     registry.stats.blob_hits += 1
     registry.storage.access.touch_blob(digest)
     if request.method == "GET":
-        registry.stats.bytes_out += size
+        registry.stats.bytes_out += _bytes_to_send(request, size)
     return web.FileResponse(
         blobs.path(name, digest),
         headers={
@@ -30,6 +30,22 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             "Cache-Control": IMMUTABLE,
         },
     )
+
+
+def _bytes_to_send(request: web.Request, size: int) -> int:
+    """What FileResponse will send for this request's Range (the same parse it uses)."""
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return 0
+    start, stop = wanted.start, wanted.stop
+    if start is None and stop is None:
+        return size
+    if start is not None and start < 0:  # a suffix range: the last -start bytes
+        return min(-start, size)
+    first = start or 0
+    end = size if stop is None else min(stop, size)
+    return max(end - first, 0)
 
 
 async def delete_blob(request: web.Request) -> web.Response:

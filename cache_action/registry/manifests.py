@@ -166,9 +166,13 @@ async def delete_manifest(request: web.Request) -> web.Response:
     _repository(registry, name)
     if looks_like_digest(reference):
         digest = Digest.parse(reference)
-        untracked = storage.indexes.remove_digest(name, digest)
-        deleted = storage.blobs.delete(name, digest)
-        found = untracked or deleted
+        try:
+            _resolve(registry, name, reference)  # manifests only: never a layer through here
+        except OCIError:
+            found = storage.indexes.remove_digest(name, digest)  # a dangling entry, if any
+        else:
+            storage.indexes.remove_digest(name, digest)
+            found = storage.blobs.delete(name, digest)
     else:
         found = storage.indexes.remove_tag(name, validate_tag(reference))
     if not found:
