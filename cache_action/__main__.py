@@ -1,4 +1,4 @@
-"""Command line: `python -m cache_action serve|gc|stats ...`."""
+"""Command line: `python -m cache_action serve|gc|stats|restore|save ...`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,11 +14,14 @@ from pathlib import Path
 from cache_action import __version__
 from cache_action.errors import CacheActionError
 from cache_action.registry.server import ServeConfig, parse_listen, serve
+from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.access import read_stats
 from cache_action.storage.gc import collect_garbage
 from cache_action.storage.inventory import take_inventory
 from cache_action.storage.layout import Layout
 from cache_action.storage.lock import root_lock
+from cache_action.stores.base import RestoreResult, SaveResult, StoreError
+from cache_action.stores.factory import open_store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,10 +44,53 @@ def _parser() -> argparse.ArgumentParser:
 
     stats_cmd = commands.add_parser("stats", help="what the root holds and the last run's counters")
     stats_cmd.add_argument("--root", type=Path, required=True)
+
+    for verb, text in (("restore", "restore entries into a root"), ("save", "save a root")):
+        cmd = commands.add_parser(verb, help=text)
+        cmd.add_argument("--root", type=Path, required=True)
+        cmd.add_argument("--store", required=True, help="local:///PATH, s3://BUCKET/PREFIX or gha")
+        cmd.add_argument("--namespace", default="buildkit", help="groups scopes (default buildkit)")
+        cmd.add_argument("--ref", required=True, help="the git ref (main or refs/heads/main)")
+        cmd.add_argument("--strict", action="store_true", help="fail instead of warning")
+        if verb == "restore":
+            cmd.add_argument("--scope", action="append", required=True, help="repeat to merge")
+            cmd.add_argument("--fallback-ref", action="append", default=[], help="tried in order")
+        else:
+            cmd.add_argument("--scope", required=True)
     return parser
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    """restore/save: store failures warn and leave a cold cache unless --strict."""
+    namespace = validate_token("--namespace", args.namespace)
+    ref = normalize_ref("--ref", args.ref)
+    store = open_store(args.store, os.environ, "--store")
+    layout = Layout(args.root)
+    try:
+        if args.command == "restore":
+            scopes = [validate_token("--scope", s) for s in args.scope]
+            refs = [ref, *(normalize_ref("--fallback-ref", r) for r in args.fallback_ref)]
+            chains = [[EntryName(namespace, s, r) for r in dict.fromkeys(refs)] for s in scopes]
+            with root_lock(layout, "restore"):
+                result: RestoreResult | SaveResult = store.restore(layout, chains)
+        else:
+            name = EntryName(namespace, validate_token("--scope", args.scope), ref)
+            with root_lock(layout, "save"):
+                result = store.save(layout, name)
+    except (StoreError, OSError) as error:
+        if args.strict:
+            raise CacheActionError(
+                f"{args.command} from {store.description} failed: {error}"
+            ) from None
+        print(f"warning: {args.command} failed, continuing without cache: {error}", file=sys.stderr)
+        return 0
+    print(json.dumps(result.to_json(), indent=1))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("restore", "save"):
+        return _transfer(args)
     if args.command == "serve":
         host, port = parse_listen(args.listen, args.allow_remote)
         config = ServeConfig(args.root, host, port, args.ready_file, args.log_requests)

@@ -29,6 +29,11 @@ class RootLockedError(CacheActionError):
     """Two processes must never write one registry root at once (a sweep would race a push)."""
 
 
+class StoreError(CacheActionError):
+    """A store failed (network, auth, quota, corrupt data): the caller warns and goes on cold,
+    unless strict mode is set."""
+
+
 class ErrorCode(StrEnum):
     """The error codes of the OCI distribution spec (v1.1), the vocabulary of storage failures."""
 

@@ -108,9 +108,9 @@ def plan_scopes(
     read_only: bool = False,
 ) -> ScopePlan:
     write_ref, reason = _write_ref(git)
+    own_ref = write_ref or git.ref  # read-only still restores the job's own ref (a PR's) first
     if read_only:
         write_ref, reason = None, "read-only was requested"
-    own_ref = write_ref or git.ref
     refs = [own_ref]
     if branch_fallback:
         refs += [r for r in (git.ref, git.base_ref, git.default_branch) if r]

@@ -51,7 +51,9 @@ def _routes() -> list[web.RouteDef]:
 @web.middleware
 async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as a spec error body; nothing unexpected leaks a traceback."""
-    registry_of(request).stats.requests += 1
+    registry = registry_of(request)
+    registry.stats.requests += 1
+    registry.request_started()
     try:
         return await handler(request)
     except OCIError as error:
@@ -76,6 +78,8 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             {"errors": [{"code": "UNKNOWN", "message": "internal error (see the registry log)"}]},
             status=500,
         )
+    finally:
+        registry.request_finished()
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -16,6 +17,17 @@ from cache_action.storage.root import Storage
 class Registry:
     storage: Storage
     stats: RunStats = field(default_factory=RunStats)
+    in_flight: int = 0  # requests being handled: shutdown waits for them
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
 
 
 REGISTRY = web.AppKey("registry", Registry)

@@ -54,8 +54,11 @@ def _resolve(registry: Registry, name: str, reference: str) -> _Resolved:
         if entry is None:
             raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"tag {tag} is not in {name}")
         digest = Digest.parse(entry["digest"])
-    body = registry.storage.blobs.read(name, digest)
-    if body is None or len(body) > MAX_MANIFEST_BYTES:
+    size = registry.storage.blobs.size(name, digest)
+    body = (
+        registry.storage.blobs.read(name, digest) if size and size <= MAX_MANIFEST_BYTES else None
+    )
+    if body is None:
         raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}")
     if entry is not None and isinstance(entry.get("mediaType"), str):
         return _Resolved(digest, entry["mediaType"], body, tag)
@@ -135,6 +138,9 @@ async def put_manifest(request: web.Request) -> web.Response:
             detail={"missing": missing},
         )
     await asyncio.to_thread(_store_manifest, registry, name, tag, digest, body, manifest)
+    if tag is not None:
+        registry.storage.access.touch_tag(name, tag)
+    registry.storage.access.touch_manifest(name, digest)
     registry.stats.manifests_pushed += 1
     registry.stats.bytes_in += len(body)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
@@ -154,8 +160,6 @@ def _store_manifest(
         storage.indexes.add_untagged(name, entry)
     else:
         storage.indexes.set_tag(name, tag, entry)
-        storage.access.touch_tag(name, tag)
-    storage.access.touch_manifest(name, digest)
 
 
 async def delete_manifest(request: web.Request) -> web.Response:
@@ -190,7 +194,7 @@ async def list_tags(request: web.Request) -> web.Response:
     headers = {}
     count = request.query.get("n")
     if count is not None:
-        if not count.isdigit() or len(count) > 9:
+        if not (count.isascii() and count.isdigit()) or len(count) > 9:
             raise OCIError(
                 ErrorCode.PAGINATION_NUMBER_INVALID,
                 f"invalid n={count[:50]!r}: expected a non-negative integer",

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from cache_action.errors import InputError
 from cache_action.registry.app import create_app
-from cache_action.registry.context import REGISTRY
+from cache_action.registry.context import REGISTRY, Registry
 from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
 from cache_action.storage.lock import root_lock
@@ -90,13 +90,25 @@ async def serve(config: ServeConfig) -> None:
                 _write_ready_file(config.ready_file, address)
             housekeeping = asyncio.create_task(_housekeeping(storage))
             await stop.wait()
-            log.info("stopping: finishing requests in flight")
             housekeeping.cancel()
+            await site.stop()  # no new connections; open ones may still finish their requests
+            await _drain(app[REGISTRY])
         finally:
             await runner.cleanup()
             _persist(storage, app)
             if config.ready_file is not None:
                 config.ready_file.unlink(missing_ok=True)
+
+
+async def _drain(registry: Registry) -> None:
+    """Let requests in flight finish (an upload body keeps arriving) before closing sockets."""
+    if not registry.in_flight:
+        return
+    log.info("stopping: waiting for %d request(s) in flight", registry.in_flight)
+    try:
+        await asyncio.wait_for(registry.idle.wait(), SHUTDOWN_GRACE_SECONDS)
+    except TimeoutError:
+        log.warning("%d request(s) still running after the grace period", registry.in_flight)
 
 
 def _bound_address(runner: web.AppRunner) -> str:

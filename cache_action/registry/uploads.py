@@ -14,7 +14,7 @@ from cache_action.storage.digests import Digest
 from cache_action.storage.layout import validate_name
 from cache_action.storage.uploads import UploadSession
 
-_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})", re.ASCII)
 
 
 def _session_headers(name: str, session: UploadSession) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -42,12 +41,11 @@ class BlobStore:
     def commit(self, name: str, digest: Digest, verified_file: Path) -> None:
         """Publish a file whose content is known to match `digest` (and is fsynced)."""
         pool = self.layout.pool_blob(digest)
-        if pool.is_file():
-            verified_file.unlink()
-        else:
-            pool.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(verified_file, pool)
-            fsync_dir(pool.parent)
+        try:
+            link_or_copy(verified_file, pool)  # never replaces a pool file another commit linked
+        finally:
+            verified_file.unlink(missing_ok=True)
+        fsync_dir(pool.parent)
         self._link(name, digest)
 
     def put_bytes(self, name: str, digest: Digest, data: bytes) -> None:
@@ -63,11 +61,9 @@ class BlobStore:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, pool)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                raise
+                link_or_copy(tmp, pool)
+            finally:
+                tmp.unlink(missing_ok=True)
         self._link(name, digest)
 
     def mount(self, name: str, digest: Digest, source: str | None) -> bool:

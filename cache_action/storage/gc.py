@@ -134,6 +134,7 @@ def collect_garbage(layout: Layout, dry_run: bool = False) -> GcReport:
     blobs = BlobStore(layout, indexes)
     report = GcReport(dry_run=dry_run)
     doomed: list[Path] = []
+    leftovers: list[Path] = []
     reachable: set[Digest] = set()
     for name in layout.repositories():
         marker = RepositoryMarker(blobs, name, indexes.read(name) or RepositoryIndex([]))
@@ -142,9 +143,10 @@ def collect_garbage(layout: Layout, dry_run: bool = False) -> GcReport:
         report.missing += sorted(f"{name}@{d}" for d in marker.missing)
         report.manifests_untracked += _untrack_unreachable(indexes, name, marked, dry_run)
         doomed += _unmarked_files(layout.repository(name) / "blobs", marked)
-        doomed += _leftovers(layout.repository(name))
+        leftovers += _leftovers(layout.repository(name))
     doomed += _unmarked_files(layout.root / "blobs", reachable)
     report.blobs_deleted = sorted({p.name for p in doomed if not p.name.startswith(".")})
+    doomed += leftovers
     report.bytes_freed = _bytes_freed(doomed)
     uploads = list(layout.uploads_dir.iterdir()) if layout.uploads_dir.is_dir() else []
     report.uploads_deleted = len(uploads)
@@ -190,9 +192,9 @@ def _unmarked_files(blob_root: Path, marked: set[Digest]) -> list[Path]:
 
 
 def _leftovers(repository: Path) -> list[Path]:
-    """What BuildKit's type=local exporter can leave behind in a layout directory."""
+    """What BuildKit's type=local exporter, or a crash mid-write, leaves in a layout directory."""
     candidates = [repository / "ingest", repository / "index.json.lock"]
-    return [p for p in candidates if p.exists()]
+    return [p for p in candidates if p.exists()] + sorted(repository.glob(".*.tmp"))
 
 
 def _bytes_freed(paths: list[Path]) -> int:

@@ -89,6 +89,17 @@ class Layout:
     def index_path(self, name: str) -> Path:
         return self.root / name / "index.json"
 
+    def find_blob(self, digest: Digest) -> Path | None:
+        """The pool copy, else any repository's (a root written by another tool has no pool)."""
+        pooled = self.pool_blob(digest)
+        if pooled.is_file():
+            return pooled
+        for name in self.repositories():
+            candidate = self.repo_blob(name, digest)
+            if candidate.is_file():
+                return candidate
+        return None
+
     def repositories(self) -> Iterator[str]:
         """Every repository under the root, found by its index.json, in sorted order."""
         found: list[str] = []

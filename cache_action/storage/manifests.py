@@ -87,7 +87,7 @@ def parse_manifest(body: bytes, content_type: str | None = None) -> Manifest:
         raise OCIError(ErrorCode.SIZE_INVALID, "manifest exceeds 4 MiB")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid("body is not JSON") from None
     if not isinstance(document, dict):
         raise _invalid("body is not a JSON object")

@@ -77,7 +77,7 @@ class Uploads:
             pending: asyncio.Future[None] | None = None
             try:
                 async for batch in _batched(chunks):
-                    written += len(batch)
+                    written += sum(map(len, batch))
                     if limit is not None and written > limit:
                         raise OCIError(
                             ErrorCode.SIZE_INVALID,
@@ -140,10 +140,11 @@ class Uploads:
                     leftover.unlink()
 
 
-def _write(sink: BinaryIO, session: UploadSession, data: bytes) -> None:
-    sink.write(data)
-    session.hasher.update(data)
-    session.offset += len(data)
+def _write(sink: BinaryIO, session: UploadSession, parts: list[bytes]) -> None:
+    sink.writelines(parts)
+    for data in parts:
+        session.hasher.update(data)
+        session.offset += len(data)
 
 
 def _final_digest(session: UploadSession, algorithm: str) -> str:
@@ -161,13 +162,15 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-async def _batched(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Coalesce small network reads into ~1 MiB writes (fewer thread hand-offs)."""
-    buffer = bytearray()
+async def _batched(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """Group network reads into ~1 MiB batches for the worker thread, without copying them."""
+    parts: list[bytes] = []
+    size = 0
     async for chunk in chunks:
-        buffer += chunk
-        if len(buffer) >= BATCH_BYTES:
-            yield bytes(buffer)
-            buffer.clear()
-    if buffer:
-        yield bytes(buffer)
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= BATCH_BYTES:
+            yield parts
+            parts, size = [], 0
+    if parts:
+        yield parts

@@ -7,14 +7,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from cache_action.errors import CacheActionError
+from cache_action.errors import StoreError
 from cache_action.scopes import EntryName
 from cache_action.storage.layout import Layout
 
-
-class StoreError(CacheActionError):
-    """A store failed (network, auth, quota, corrupt data): the caller warns and goes on cold,
-    unless strict mode is set."""
+__all__ = ["EntryInfo", "HitKind", "RestoreResult", "SaveResult", "Store", "StoreError"]
 
 
 class HitKind(StrEnum):

@@ -109,7 +109,7 @@ class ContentAddressedStore:
         result = SaveResult()
         if not snapshot.blobs:
             result.skipped_reason = "the cache is empty"
-        elif snapshot.fingerprint() == restored_fingerprint(layout):
+        elif snapshot.fingerprint() == restored_fingerprint(layout, name.prefix):
             result.skipped_reason = "nothing changed since the restore"
         if result.skipped_reason:
             result.seconds = time.monotonic() - started
@@ -125,6 +125,7 @@ class ContentAddressedStore:
         stamp = int(snapshot.created_at * 1000)
         key = f"{ENTRIES}{name.prefix}{stamp:013d}-{uuid.uuid4().hex[:12]}.json"
         self.backend.put_object(key, snapshot.to_bytes())
+        record_restored(layout, [key], saved_to=name.prefix, snapshot=snapshot)
         result.saved = True
         result.key = key
         result.blobs_uploaded = len(missing)
@@ -136,14 +137,10 @@ class ContentAddressedStore:
     @staticmethod
     def _pool_path(layout: Layout, digest_text: str) -> Path:
         digest = Digest.parse(digest_text)
-        pooled = layout.pool_blob(digest)
-        if pooled.is_file():
-            return pooled
-        for repository in layout.repositories():  # a root written by another tool: no pool
-            candidate = layout.repo_blob(repository, digest)
-            if candidate.is_file():
-                return candidate
-        raise StoreError(f"blob {digest} vanished from the root during save")
+        found = layout.find_blob(digest)
+        if found is None:
+            raise StoreError(f"blob {digest} vanished from the root during save")
+        return found
 
     def _delete_superseded(self, name: EntryName, keep: str) -> None:
         entries = self.entries_of(name)

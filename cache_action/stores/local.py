@@ -57,8 +57,9 @@ class LocalBackend:
         if not base.is_dir():
             return []
         found = []
+        directory = self.directory.resolve()  # `base` is resolved: a symlinked store works
         for path in base.rglob("*"):
-            key = path.relative_to(self.directory).as_posix()
+            key = path.relative_to(directory).as_posix()
             if path.is_file() and key.startswith(prefix) and not path.name.startswith("."):
                 found.append((key, path.stat().st_size))
         return found

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,12 +31,14 @@ class S3Settings:
     session_token: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, options: Mapping[str, str | None]) -> S3Settings:
+    def from_url(
+        cls, url: str, options: Mapping[str, str | None], setting: str = "store"
+    ) -> S3Settings:
         """`s3://bucket/prefix`; other settings from `options` (None: the AWS default chain)."""
         rest = url.removeprefix("s3://")
         bucket, _, prefix = rest.partition("/")
         if not url.startswith("s3://") or not bucket:
-            raise InputError("store", url, "s3://BUCKET[/PREFIX]")
+            raise InputError(setting, url, "s3://BUCKET[/PREFIX]")
         prefix = prefix.strip("/")
         return cls(
             bucket=bucket,
@@ -93,7 +96,7 @@ class S3Backend:
             self.client.upload_file(
                 str(source), self.settings.bucket, self._blob_key(digest), Config=self.transfer
             )
-        except (BotoCoreError, ClientError) as error:
+        except (BotoCoreError, ClientError, Boto3Error) as error:  # S3UploadFailedError: Boto3's
             raise _fail(f"upload of {digest}", error) from None
 
     def get_blob(self, digest: Digest, target: Path) -> None:
@@ -101,7 +104,7 @@ class S3Backend:
             self.client.download_file(
                 self.settings.bucket, self._blob_key(digest), str(target), Config=self.transfer
             )
-        except (BotoCoreError, ClientError) as error:
+        except (BotoCoreError, ClientError, Boto3Error) as error:  # RetriesExceededError too
             raise _fail(f"download of {digest}", error) from None
 
     def put_object(self, key: str, data: bytes) -> None:

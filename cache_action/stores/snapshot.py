@@ -62,7 +62,8 @@ class Snapshot:
             "blobs": self.blobs,
             "access": self.access,
         }
-        return json.dumps(document, sort_keys=True).encode()
+        # Descriptors keep their key order, so a restored index.json is byte-identical.
+        return json.dumps(document).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Snapshot:
@@ -245,16 +246,31 @@ def _merge_access(layout: Layout, snapshots: Sequence[Snapshot]) -> None:
     record.flush()
 
 
-def record_restored(layout: Layout, keys: list[str]) -> None:
-    """Remember what the root looked like right after restore, to skip a no-op save."""
-    document = {"keys": keys, "fingerprint": take_snapshot(layout).fingerprint()}
+def record_restored(
+    layout: Layout, keys: list[str], saved_to: str | None = None, snapshot: Snapshot | None = None
+) -> None:
+    """Remember what the root looked like right after restore (or after a save to the entry
+    prefix `saved_to`), to skip a no-op save."""
+    fingerprint = (snapshot or take_snapshot(layout)).fingerprint()
+    document: dict[str, Any] = {"keys": keys, "fingerprint": fingerprint}
+    if saved_to is not None:
+        document["saved_to"] = saved_to
     write_atomic(layout.meta_dir / RESTORED_FILE, json.dumps(document).encode())
 
 
-def restored_fingerprint(layout: Layout) -> str | None:
+def restored_fingerprint(layout: Layout, prefix: str) -> str | None:
+    """The fingerprint a save to `prefix` may skip on: the restored content (if a restore
+    found anything), or what was last saved to that same prefix."""
     try:
         document = json.loads((layout.meta_dir / RESTORED_FILE).read_bytes())
     except (FileNotFoundError, ValueError):
         return None
-    value = document.get("fingerprint") if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        return None
+    saved_to = document.get("saved_to")
+    if saved_to is not None and saved_to != prefix:
+        return None  # saved to another scope or ref: this one still lacks the root
+    if saved_to is None and not document.get("keys"):
+        return None  # the restore found nothing: the store lacks whatever the root holds
+    value = document.get("fingerprint")
     return value if isinstance(value, str) else None

@@ -1,0 +1,161 @@
+"""`GhaCacheClient`: the Actions cache as the rest of the package uses it.
+
+Saving asks first and archives after: `reserve` (CreateCacheEntry) costs one request, so an
+entry that already exists (409) or a read-only token is found out before any tar+zstd work —
+@actions/cache archives first and pays 1-3 s per GB for nothing in those cases. Then `commit`
+uploads the archive and finalizes the entry. `save` does all three for a ready archive.
+
+Errors are `GhaCacheError`s (warn and go on without the cache) or `InputError`s for bad keys;
+`EntryExistsError` is informational. Nothing here logs a signed URL's secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cache_action.stores.gha.archive import ArchiveStats, extract_archive
+from cache_action.stores.gha.config import GhaCacheConfig
+from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
+from cache_action.stores.gha.keys import validate_key, validate_keys
+from cache_action.stores.gha.legacy import LegacyCacheService
+from cache_action.stores.gha.service import CacheService, Match, UploadTarget
+from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions, download_file
+from cache_action.stores.gha.transport import DEFAULT_POLICY, RetryPolicy
+from cache_action.stores.gha.twirp import TwirpCacheService
+from cache_action.stores.gha.version import ZSTD_WITHOUT_LONG, cache_version
+
+log = logging.getLogger("cache_action.stores.gha")
+
+__all__ = ["GhaCacheClient", "Match", "UploadTarget"]
+
+
+class GhaCacheClient:
+    def __init__(
+        self,
+        config: GhaCacheConfig,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        transfer: TransferOptions = DEFAULT_TRANSFER,
+        compression: str = ZSTD_WITHOUT_LONG,
+        service: CacheService | None = None,
+    ) -> None:
+        self.config = config
+        self.compression = compression
+        self.transfer = transfer
+        if service is None:
+            if config.protocol == "v2":
+                service = TwirpCacheService(config, policy, transfer)
+            else:
+                service = LegacyCacheService(config, policy)
+        self.service = service
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        transfer: TransferOptions = DEFAULT_TRANSFER,
+        compression: str = ZSTD_WITHOUT_LONG,
+    ) -> GhaCacheClient:
+        config = GhaCacheConfig.from_env(os.environ if env is None else env)
+        return cls(config, policy=policy, transfer=transfer, compression=compression)
+
+    def version(self, paths: Sequence[str]) -> str:
+        """The entry version for these path strings (as the user wrote them) and our
+        compression; equal to actions/cache's for the same strings."""
+        return cache_version(paths, self.compression)
+
+    # --- restore ---
+
+    def lookup(
+        self, key: str, restore_keys: Sequence[str], version_paths: Sequence[str]
+    ) -> Match | None:
+        """The entry to restore, or None (miss, read denied, or ACTIONS_CACHE_MODE forbids
+        reading). Raises InputError for invalid keys, GhaCacheError when the service fails."""
+        validate_keys(key, restore_keys)
+        if not self.config.readable:
+            log.info(
+                "cache restore skipped: ACTIONS_CACHE_MODE=%s does not permit reads",
+                self.config.mode,
+            )
+            return None
+        match = self.service.lookup(key, restore_keys, self.version(version_paths))
+        if match is None:
+            log.info("cache miss for %s", key)
+        else:
+            log.info(
+                "cache hit for %s%s", match.matched_key, "" if match.exact else " (restore key)"
+            )
+        return match
+
+    def download(self, match: Match, dest_file: Path) -> int:
+        """The matched archive into `dest_file` (written only when complete); its size."""
+        return download_file(match.download_url, dest_file, self.transfer)
+
+    def restore(
+        self,
+        key: str,
+        restore_keys: Sequence[str],
+        version_paths: Sequence[str],
+        dest_dir: Path,
+        *,
+        temp_dir: Path | None = None,
+        owner: tuple[int, int] | None = None,
+    ) -> Match | None:
+        """lookup → download → safe extraction into `dest_dir` (e.g. GITHUB_WORKSPACE)."""
+        match = self.lookup(key, restore_keys, version_paths)
+        if match is None:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="gha-cache-", dir=temp_dir))
+        try:
+            archive = folder / "cache.tzst"
+            self.download(match, archive)
+            self.extract(archive, dest_dir, owner=owner)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return match
+
+    @staticmethod
+    def extract(
+        archive: Path, dest_dir: Path, *, owner: tuple[int, int] | None = None
+    ) -> ArchiveStats:
+        return extract_archive(archive, dest_dir, owner=owner)
+
+    # --- save ---
+
+    def reserve(self, key: str, version: str, size: int | None = None) -> UploadTarget:
+        """Create the entry before archiving. EntryExistsError: another job saved it;
+        WriteDeniedError: read-only token or cache mode. `size` is sent to v1 only."""
+        validate_key(key)
+        if not self.config.writable:
+            raise WriteDeniedError(
+                f"cannot save {key!r}: ACTIONS_CACHE_MODE={self.config.mode} does not permit writes"
+            )
+        return self.service.reserve(key, version, size)
+
+    def commit(self, target: UploadTarget, archive_file: Path) -> int:
+        """Upload the archive for a reserved entry and finalize it; returns the entry id."""
+        size = archive_file.stat().st_size
+        self.service.upload(target, archive_file)
+        entry_id = self.service.finalize(target, size)
+        log.info("cache saved: %s (%d bytes, entry %d)", target.key, size, entry_id)
+        return entry_id
+
+    def save(self, key: str, version_paths: Sequence[str], archive_file: Path) -> int | None:
+        """reserve → upload → finalize a ready archive. None when the entry exists already or
+        writes are not permitted (both logged); GhaCacheError on failures."""
+        try:
+            target = self.reserve(key, self.version(version_paths), archive_file.stat().st_size)
+        except EntryExistsError as error:
+            log.info("cache not saved: %s", error)
+            return None
+        except WriteDeniedError as error:
+            log.warning("cache not saved: %s", error)
+            return None
+        return self.commit(target, archive_file)

@@ -1,0 +1,209 @@
+"""Cache service v1 (GHES; github.com before 2025): `<ACTIONS_CACHE_URL>_apis/artifactcache/`.
+
+- lookup   `GET cache?keys=<k1,k2,...>&version=V` → 204 miss, 200 `{cacheKey, archiveLocation}`
+- reserve  `POST caches {"key", "version", "cacheSize"}` → `{"cacheId"}`
+- upload   `PATCH caches/<id>` with `Content-Range: bytes a-b/*`, 32 MiB chunks, 4 in parallel
+- commit   `POST caches/<id> {"size"}`
+Bodies are camelCase JSON; `Accept: application/json;api-version=6.0-preview.1`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cache_action.stores.gha.config import GhaCacheConfig
+from cache_action.stores.gha.errors import (
+    EntryExistsError,
+    GhaCacheError,
+    QuotaError,
+    TransferError,
+    WriteDeniedError,
+)
+from cache_action.stores.gha.redact import redact_text
+from cache_action.stores.gha.service import Match, UploadTarget
+from cache_action.stores.gha.transport import (
+    DEFAULT_POLICY,
+    Response,
+    RetryPolicy,
+    send,
+    with_retries,
+)
+
+log = logging.getLogger("cache_action.stores.gha")
+
+ACCEPT = "application/json;api-version=6.0-preview.1"
+WRITE_DENIED = "cache write denied:"
+READ_DENIED = "cache read denied:"
+MiB = 1024 * 1024
+
+
+class LegacyCacheService:
+    def __init__(
+        self,
+        config: GhaCacheConfig,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        *,
+        chunk_size: int = 32 * MiB,
+        concurrency: int = 4,
+    ) -> None:
+        self._config = config
+        self._policy = policy
+        self._chunk_size = chunk_size
+        self._concurrency = concurrency
+
+    def lookup(self, key: str, restore_keys: Sequence[str], version: str) -> Match | None:
+        keys = ",".join([key, *restore_keys])
+        resource = f"cache?keys={quote(keys, safe=_URI_COMPONENT_SAFE)}&version={version}"
+        response = self._request("GET", resource, "getCacheEntry")
+        if response.status == 204:
+            return None
+        body = _json(response)
+        if not response.ok:
+            message = str(body.get("message") or "")
+            if READ_DENIED in message:
+                log.warning("cache read denied by policy, treating as a miss: %s", message)
+                return None
+            raise _failure("getCacheEntry", response, body)
+        location = body.get("archiveLocation")
+        if not location:
+            raise GhaCacheError("getCacheEntry: the cache service answered no archiveLocation")
+        matched = str(body.get("cacheKey") or key)
+        return Match(key=key, matched_key=matched, version=version, download_url=str(location))
+
+    def reserve(self, key: str, version: str, size: int | None = None) -> UploadTarget:
+        request: dict[str, Any] = {"key": key, "version": version}
+        if size is not None:
+            request["cacheSize"] = size
+        response = self._request("POST", "caches", "reserveCache", request)
+        body = _json(response)
+        message = str(body.get("message") or "")
+        if response.ok and body.get("cacheId") is not None:
+            return UploadTarget(key=key, version=version, cache_id=int(body["cacheId"]))
+        if message.startswith(WRITE_DENIED):
+            raise WriteDeniedError(f"cannot save {key!r}: {message}")
+        if response.status == 409 or "AlreadyExists" in str(body.get("typeKey") or ""):
+            raise EntryExistsError(key, message)
+        if response.status == 400:
+            raise GhaCacheError(
+                f"reserveCache: {message or 'the archive is over the cache size limit'}"
+            )
+        raise _failure("reserveCache", response, body)
+
+    def upload(self, target: UploadTarget, archive: Path) -> None:
+        if target.cache_id is None:
+            raise GhaCacheError(f"no cache id reserved for {target.key!r}")
+        size = archive.stat().st_size
+        resource = f"caches/{target.cache_id}"
+        chunks = [
+            (start, min(start + self._chunk_size, size))
+            for start in range(0, size, self._chunk_size)
+        ]
+        with ThreadPoolExecutor(max(1, min(self._concurrency, len(chunks)))) as pool:
+            futures = [
+                pool.submit(self._upload_chunk, resource, archive, start, end)
+                for start, end in chunks
+            ]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                future.cancel()
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    raise error
+
+    def finalize(self, target: UploadTarget, size: int) -> int:
+        if target.cache_id is None:
+            raise GhaCacheError(f"no cache id reserved for {target.key!r}")
+        response = self._request("POST", f"caches/{target.cache_id}", "commitCache", {"size": size})
+        if not response.ok:
+            raise _failure("commitCache", response, _json(response))
+        return target.cache_id
+
+    # --- transport ---
+
+    def _upload_chunk(self, resource: str, archive: Path, start: int, end: int) -> None:
+        headers = {
+            **self._headers(),
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"bytes {start}-{end - 1}/*",
+            "Content-Length": str(end - start),
+        }
+        url = self._config.service_url + "_apis/artifactcache/" + resource
+
+        def attempt() -> Response:
+            with open(archive, "rb") as fh:
+                body = _Slice(fh, start, end - start)
+                return send("PATCH", url, headers=headers, body=body, timeout=self._policy.timeout)
+
+        response = with_retries(
+            f"uploadChunk (start: {start}, end: {end - 1})", attempt, self._policy
+        )
+        if not response.ok:
+            raise TransferError(
+                f"uploadChunk bytes {start}-{end - 1}: HTTP {response.status} {response.reason}"
+            )
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._config.token}", "Accept": ACCEPT}
+
+    def _request(
+        self, method: str, resource: str, what: str, body: dict[str, Any] | None = None
+    ) -> Response:
+        url = self._config.service_url + "_apis/artifactcache/" + resource
+        headers = self._headers()
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+
+        def attempt() -> Response:
+            return send(method, url, headers=headers, body=data, timeout=self._policy.timeout)
+
+        return with_retries(what, attempt, self._policy)
+
+
+# encodeURIComponent leaves these unescaped
+_URI_COMPONENT_SAFE = "-_.!~*'()"
+
+
+class _Slice(io.RawIOBase):
+    """Bytes [start, start+length) of an open file, read in the sender's block size."""
+
+    def __init__(self, fh: io.BufferedReader, start: int, length: int) -> None:
+        self._fd = fh.fileno()
+        self._position = start
+        self._end = start + length
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self._end - self._position
+        if size < 0 or size > remaining:
+            size = remaining
+        data = os.pread(self._fd, size, self._position) if size else b""
+        self._position += len(data)
+        return data
+
+
+def _json(response: Response) -> dict[str, Any]:
+    try:
+        body = json.loads(response.body) if response.body else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _failure(what: str, response: Response, body: dict[str, Any]) -> GhaCacheError:
+    message = redact_text(str(body.get("message") or "")) or response.reason
+    if "insufficient usage" in message:
+        return QuotaError(f"{what}: the repository's cache storage quota is used up ({message})")
+    return GhaCacheError(f"{what}: HTTP {response.status}: {message}")

@@ -1,0 +1,221 @@
+"""The GitHub Actions cache as a Store: one immutable archive per save.
+
+Keys are `<namespace>/<scope>/<quoted ref>/<run id>-<attempt>` so a prefix names exactly one
+(scope, ref); restore asks with the chain's prefixes as restore keys. The archive holds the root
+as `.buildkit-cache/...` (the path actions/cache would use for a `.buildkit-cache` directory in
+the workspace), so the official action restores what we save and we restore what it saves.
+An archive is extracted into a staging directory beside the root, checked blob by blob, and
+merged in like any other snapshot. Superseded entries of the same scope and ref are deleted
+through the REST API when the token allows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import unquote
+
+from cache_action.errors import StoreError
+from cache_action.scopes import EntryName
+from cache_action.storage.digests import Digest
+from cache_action.storage.layout import META_DIR, Layout
+from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult
+from cache_action.stores.gha.archive import create_archive, extract_archive
+from cache_action.stores.gha.client import GhaCacheClient
+from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
+from cache_action.stores.gha.service import Match
+from cache_action.stores.gha_management import CacheManagement
+from cache_action.stores.snapshot import (
+    BlobFetcher,
+    Snapshot,
+    apply_snapshots,
+    record_restored,
+    restored_fingerprint,
+    take_snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+PATH_LABEL = ".buildkit-cache"
+NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json")
+
+
+class GhaStore:
+    description = "GitHub Actions cache"
+
+    def __init__(
+        self,
+        client: GhaCacheClient,
+        run_suffix: str,
+        management: CacheManagement | None = None,
+        github_ref: str | None = None,
+        path_label: str = PATH_LABEL,
+    ) -> None:
+        self.client = client
+        self.run_suffix = run_suffix
+        self.management = management
+        self.github_ref = github_ref
+        self.path_label = path_label
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], token: str | None = None) -> GhaStore:
+        run = env.get("GITHUB_RUN_ID")
+        suffix = f"{run}-{env.get('GITHUB_RUN_ATTEMPT', '1')}" if run else f"{int(time.time())}"
+        token = token or env.get("GITHUB_TOKEN")
+        repository = env.get("GITHUB_REPOSITORY")
+        management = None
+        if token and repository:
+            api = env.get("GITHUB_API_URL", "https://api.github.com")
+            management = CacheManagement(token, repository, api)
+        return cls(GhaCacheClient.from_env(env), suffix, management, env.get("GITHUB_REF"))
+
+    # --- restore ---
+
+    def restore(self, layout: Layout, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
+        started = time.monotonic()
+        result = RestoreResult()
+        layout.create()
+        staging = layout.meta_dir / f"restore-{uuid.uuid4().hex[:12]}"
+        try:
+            sources: list[tuple[Snapshot, BlobFetcher]] = []
+            exact = True
+            for index, chain in enumerate(chains):
+                match = self.client.lookup(
+                    chain[0].prefix, [name.prefix for name in chain], [self.path_label]
+                )
+                if match is None or not match.matched_key.startswith(chain[0].prefix):
+                    exact = False
+                if match is None:
+                    continue
+                extracted, size = self._download(match, staging / str(index))
+                result.bytes_downloaded += size
+                sources.append((take_snapshot(extracted), _linker(extracted)))
+                result.restored.append(_info(chain, match))
+            if sources:
+                result.hit = HitKind.EXACT if exact else HitKind.PARTIAL
+                sources.sort(key=lambda pair: pair[0].created_at)
+                report = apply_snapshots(layout, sources)
+                result.blobs_downloaded = report.blobs_fetched
+                result.tags_dropped = report.tags_dropped
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        record_restored(layout, [entry.key for entry in result.restored])
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _download(self, match: Match, folder: Path) -> tuple[Layout, int]:
+        folder.mkdir(parents=True)
+        archive = folder / "cache.tzst"
+        size = self.client.download(match, archive)
+        extract_archive(archive, folder / "tree")
+        archive.unlink()
+        root = folder / "tree" / self.path_label
+        if not root.is_dir():
+            raise StoreError(f"cache entry {match.matched_key} holds no {self.path_label}/")
+        return Layout(root), size
+
+    # --- save ---
+
+    def save(self, layout: Layout, name: EntryName) -> SaveResult:
+        started = time.monotonic()
+        result = SaveResult()
+        snapshot = take_snapshot(layout)
+        if not snapshot.blobs:
+            result.skipped_reason = "the cache is empty"
+        elif snapshot.fingerprint() == restored_fingerprint(layout, name.prefix):
+            result.skipped_reason = "nothing changed since the restore"
+        if result.skipped_reason is None:
+            self._save(layout, name, snapshot, result)
+        if result.saved:
+            record_restored(layout, [result.key], saved_to=name.prefix, snapshot=snapshot)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _save(
+        self, layout: Layout, name: EntryName, snapshot: Snapshot, result: SaveResult
+    ) -> None:
+        key = f"{name.prefix}{self.run_suffix}"
+        try:  # ask first: a 409 or a read-only token costs no archiving
+            target = self.client.reserve(key, self.client.version([self.path_label]))
+        except EntryExistsError:
+            result.skipped_reason = "another job already saved this entry"
+            return
+        except WriteDeniedError as error:
+            result.skipped_reason = f"the cache is read-only here ({error})"
+            return
+        archive = layout.meta_dir / f"save-{uuid.uuid4().hex[:12]}.tzst"
+        try:
+            excluded = [f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED]
+            excluded.append(f"{self.path_label}/{META_DIR}/{archive.name}")
+            create_archive(
+                layout.root.parent,
+                [layout.root.name],
+                archive,
+                exclude=excluded,
+                arcname=self.path_label,
+            )
+            self.client.commit(target, archive)
+            result.bytes_uploaded = archive.stat().st_size
+        finally:
+            archive.unlink(missing_ok=True)
+        result.saved = True
+        result.key = key
+        result.blobs_uploaded = len(snapshot.blobs)
+        self._delete_superseded(name, key)
+
+    def _delete_superseded(self, name: EntryName, key: str) -> None:
+        if self.management is None or not self.github_ref:
+            return
+        try:
+            deleted = self.management.delete_superseded(name.prefix, key, self.github_ref)
+        except Exception as error:
+            log.warning("could not delete superseded cache entries: %s", error)
+            return
+        if deleted:
+            log.info("deleted %d superseded cache entries of %s", len(deleted), name.prefix)
+
+    # --- management ---
+
+    def list_entries(self, namespace: str) -> list[EntryInfo]:
+        if self.management is None:
+            raise StoreError(
+                "listing Actions cache entries needs GITHUB_TOKEN and GITHUB_REPOSITORY"
+            )
+        entries = []
+        for entry in self.management.list_entries(f"{namespace}/"):
+            parts = entry.key.split("/")
+            if len(parts) == 4:
+                name = EntryName(parts[0], parts[1], unquote(parts[2]))
+                entries.append(EntryInfo(name, entry.key, 0.0, entry.size))
+        return entries
+
+    def delete(self, entry: EntryInfo) -> None:
+        if self.management is None:
+            raise StoreError(
+                "deleting Actions cache entries needs GITHUB_TOKEN and GITHUB_REPOSITORY"
+            )
+        self.management.delete_key(entry.key)
+
+
+def _info(chain: Sequence[EntryName], match: Match) -> EntryInfo:
+    for name in chain:
+        if match.matched_key.startswith(name.prefix):
+            return EntryInfo(name, match.matched_key, 0.0)
+    return EntryInfo(chain[0], match.matched_key, 0.0)
+
+
+def _linker(source: Layout) -> BlobFetcher:
+    """Blobs come from the extracted tree on the same filesystem: link, do not copy."""
+
+    def fetch(digest: Digest, target: Path) -> None:
+        found = source.find_blob(digest)
+        if found is None:
+            raise StoreError(f"the cache entry lacks blob {digest}")
+        os.link(found, target)
+
+    return fetch
