@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cache_action import __version__
 from cache_action.errors import CacheActionError
 from cache_action.registry.server import ServeConfig, parse_listen, serve
 from cache_action.scopes import EntryName, normalize_ref, validate_token
+from cache_action.service import READY_FILE, run_service
 from cache_action.storage.access import read_stats
 from cache_action.storage.gc import collect_garbage
 from cache_action.storage.inventory import take_inventory
@@ -29,8 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", help="run the OCI registry over a cache root")
-    serve_cmd.add_argument("--root", type=Path, required=True, help="the cache directory")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the OCI registry over a cache root; without --root, run the standalone "
+        "service configured by environment variables (BUILDKIT_CACHE_REPO, ...)",
+    )
+    serve_cmd.add_argument("--root", type=Path, help="the cache directory")
     serve_cmd.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT (loopback)")
     serve_cmd.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --listen address"
@@ -41,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     gc_cmd = commands.add_parser("gc", help="delete blobs no tag reaches")
     gc_cmd.add_argument("--root", type=Path, required=True)
     gc_cmd.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
+
+    health_cmd = commands.add_parser("health", help="exit 0 when the registry answers /v2/")
+    health_cmd.add_argument("--ready-file", type=Path, default=READY_FILE)
 
     stats_cmd = commands.add_parser("stats", help="what the root holds and the last run's counters")
     stats_cmd.add_argument("--root", type=Path, required=True)
@@ -91,6 +100,10 @@ def _transfer(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("restore", "save"):
         return _transfer(args)
+    if args.command == "health":
+        return health(args.ready_file)
+    if args.command == "serve" and args.root is None:
+        return run_service(os.environ)
     if args.command == "serve":
         host, port = parse_listen(args.listen, args.allow_remote)
         config = ServeConfig(args.root, host, port, args.ready_file, args.log_requests)
@@ -108,6 +121,16 @@ def _run(args: argparse.Namespace) -> int:
     document["last_run"] = read_stats(layout)
     print(json.dumps(document, indent=1))
     return 0
+
+
+def health(ready_file: Path) -> int:
+    """For HEALTHCHECK: the ready file names the address; /v2/ must answer 200."""
+    try:
+        address = json.loads(ready_file.read_text())["address"]
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=4) as response:
+            return 0 if response.status == 200 else 1
+    except (OSError, ValueError, KeyError):
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

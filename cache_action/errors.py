@@ -34,6 +34,10 @@ class StoreError(CacheActionError):
     unless strict mode is set."""
 
 
+class RegistryStartError(CacheActionError):
+    """The sibling registry did not come up; BuildKit then simply misses the cache."""
+
+
 class ErrorCode(StrEnum):
     """The error codes of the OCI distribution spec (v1.1), the vocabulary of storage failures."""
 

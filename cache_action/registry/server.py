@@ -12,8 +12,10 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -65,7 +67,14 @@ def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int]:
     return str(address), int(port_text)
 
 
-async def serve(config: ServeConfig) -> None:
+Hook = Callable[[Storage], Coroutine[Any, Any, None]]
+
+
+async def serve(
+    config: ServeConfig, periodic: Hook | None = None, on_stopped: Hook | None = None
+) -> None:
+    """`periodic` runs while serving (cancelled at stop); `on_stopped` after the server has
+    stopped and flushed, still under the root lock (the standalone service's final save)."""
     storage = Storage.open(config.root)
     with root_lock(storage.layout, "serve"):
         storage.uploads.clear()
@@ -88,9 +97,12 @@ async def serve(config: ServeConfig) -> None:
             log.info("registry serving %s on http://%s", storage.layout.root, address)
             if config.ready_file is not None:
                 _write_ready_file(config.ready_file, address)
-            housekeeping = asyncio.create_task(_housekeeping(storage))
+            tasks = [asyncio.create_task(_housekeeping(storage))]
+            if periodic is not None:
+                tasks.append(asyncio.create_task(periodic(storage)))
             await stop.wait()
-            housekeeping.cancel()
+            for task in tasks:
+                task.cancel()
             await site.stop()  # no new connections; open ones may still finish their requests
             await _drain(app[REGISTRY])
         finally:
@@ -98,6 +110,8 @@ async def serve(config: ServeConfig) -> None:
             _persist(storage, app)
             if config.ready_file is not None:
                 config.ready_file.unlink(missing_ok=True)
+        if on_stopped is not None:
+            await on_stopped(storage)
 
 
 async def _drain(registry: Registry) -> None:

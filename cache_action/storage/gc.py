@@ -223,3 +223,13 @@ def _remove(path: Path) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
+
+
+def drop_tags(layout: Layout, tags: set[tuple[str, str]]) -> list[str]:
+    """Untag `(repository, tag)` pairs (their blobs go at the next collection)."""
+    indexes = IndexStore(layout)
+    dropped = []
+    for name, tag in sorted(tags):
+        if indexes.exists(name) and indexes.remove_tag(name, tag):
+            dropped.append(f"{name}:{tag}")
+    return dropped

@@ -23,7 +23,15 @@ def s3_options_from_env(env: Mapping[str, str]) -> dict[str, str | None]:
     }
 
 
-def open_store(url: str, env: Mapping[str, str], setting: str = "store") -> Store:
+def open_store(
+    url: str,
+    env: Mapping[str, str],
+    setting: str = "store",
+    s3_options: Mapping[str, str | None] | None = None,
+    github_token: str | None = None,
+) -> Store:
+    """`s3_options` (region, endpoint_url, access_key_id, secret_access_key) override the
+    environment's; `github_token` lets the Actions cache store clean up superseded entries."""
     if url.startswith("local://"):
         path = url.removeprefix("local://")
         if not path.startswith("/"):
@@ -44,5 +52,5 @@ def open_store(url: str, env: Mapping[str, str], setting: str = "store") -> Stor
     if url == "gha":
         from cache_action.stores.gha.store import GhaStore
 
-        return GhaStore.from_env(env)
+        return GhaStore.from_env(env, token=github_token)
     raise InputError(setting, url, ACCEPTED)

@@ -1,0 +1,31 @@
+# The action's image, and the standalone cache service (`docker run IMAGE serve`).
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/cache-action
+# Dependencies first: this layer is reused until requirements.txt changes.
+COPY requirements.txt ./
+RUN python3 -m pip install --no-cache-dir --no-compile -r requirements.txt
+COPY pyproject.toml README.md ./
+COPY cache_action ./cache_action
+RUN python3 -m pip install --no-cache-dir --no-deps . \
+ && rm -rf /opt/cache-action/cache_action /opt/cache-action/build
+COPY entrypoint.py /entrypoint.py
+RUN ln -s /entrypoint.py /post-entrypoint.py
+
+# Standalone service: the container's own network namespace, so it listens on all of it;
+# publish the port on the host's loopback (docker run -p 127.0.0.1:5000:5000 ...).
+ENV CACHE_LISTEN=0.0.0.0:5000 \
+    CACHE_ALLOW_REMOTE=true
+# GitHub runs container actions as root (no USER); the service needs nothing more.
+VOLUME ["/cache"]
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python3", "-m", "cache_action", "health"]
+ENTRYPOINT ["python3", "-m", "cache_action"]
+CMD ["serve"]

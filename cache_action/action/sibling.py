@@ -1,0 +1,186 @@
+"""The registry as a sibling container, started through the runner's Docker socket.
+
+The action container is on the bridge network and is removed when the stage ends, so the
+registry runs in its own container from the action's own image: on the host network (BuildKit
+reaches 127.0.0.1:<port>), or, in jobs with `container:`/`services:`, on the job's network
+under an alias with the port published on the host's 127.0.0.1. Bind mounts need host paths,
+read from the action container's own mounts. Readiness is a file the registry writes: the
+action container cannot connect to the host's loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import docker
+from docker.errors import DockerException, NotFound
+
+from cache_action.errors import RegistryStartError
+
+LABEL = "io.github.cache-action.registry"
+ALIAS_PREFIX = "buildkit-cache"
+ROOT_IN_REGISTRY = "/cache"
+RUN_DIR_IN_REGISTRY = "/run/cache-action"
+READY_FILE = "ready.json"
+STOP_TIMEOUT_SECONDS = 45
+
+
+@dataclass(frozen=True)
+class ActionContainer:
+    """The container this stage runs in, as the Docker daemon sees it."""
+
+    id: str
+    image_id: str
+    mounts: tuple[tuple[str, str], ...]  # (host source, container destination)
+    job_network: str | None
+
+    def host_path(self, path: Path) -> str:
+        """Translate a path inside this container to the host path behind its bind mount."""
+        target = PurePosixPath(path)
+        covering = [
+            (source, destination)
+            for source, destination in self.mounts
+            if target == PurePosixPath(destination) or PurePosixPath(destination) in target.parents
+        ]
+        best = max(covering, key=lambda mount: len(mount[1]), default=None)
+        if best is None:
+            raise RegistryStartError(
+                f"{path} is not on a bind mount of the action container, so a sibling "
+                "container cannot see it (is RUNNER_TEMP mounted at /github/runner_temp?)"
+            )
+        relative = target.relative_to(best[1])
+        return str(PurePosixPath(best[0]) / relative)
+
+
+@dataclass(frozen=True)
+class RegistryContainer:
+    id: str
+    address: str  # what BuildKit uses: 127.0.0.1:<port>
+    network_address: str | None  # alias:port on the job network, for steps in a job container
+
+
+def docker_client() -> Any:
+    try:
+        return docker.from_env(timeout=60)
+    except DockerException as error:
+        raise RegistryStartError(f"cannot reach the Docker daemon: {error}") from None
+
+
+def inspect_self(client: Any) -> ActionContainer:
+    """Find our own container by hostname (the runner sets none, so it is the short id)."""
+    try:
+        me = client.containers.get(socket.gethostname())
+    except (NotFound, DockerException) as error:
+        raise RegistryStartError(f"cannot find the action's own container: {error}") from None
+    mounts = tuple(
+        (m["Source"], m["Destination"]) for m in me.attrs.get("Mounts", []) if m.get("Source")
+    )
+    networks = me.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+    job_network = next((n for n in networks if n not in ("bridge", "host", "none")), None)
+    return ActionContainer(me.id, me.image.id, mounts, job_network)
+
+
+def start_registry(
+    client: Any, me: ActionContainer, root: Path, run_dir: Path, port: int, timeout: float = 60
+) -> RegistryContainer:
+    name = f"{ALIAS_PREFIX}-{port}"
+    _remove_stale(client, name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ready = run_dir / READY_FILE
+    ready.unlink(missing_ok=True)
+    volumes = {
+        me.host_path(root): {"bind": ROOT_IN_REGISTRY, "mode": "rw"},
+        me.host_path(run_dir): {"bind": RUN_DIR_IN_REGISTRY, "mode": "rw"},
+    }
+    command = [
+        "serve",
+        "--root",
+        ROOT_IN_REGISTRY,
+        "--ready-file",
+        f"{RUN_DIR_IN_REGISTRY}/{READY_FILE}",
+    ]
+    options: dict[str, Any] = {}
+    if me.job_network:
+        # Its own network namespace: listening on all of it is private; the host sees only
+        # the port published on 127.0.0.1.
+        command += ["--listen", f"0.0.0.0:{port}", "--allow-remote"]
+        options["network"] = me.job_network
+        options["networking_config"] = {
+            me.job_network: client.api.create_endpoint_config(aliases=[name])
+        }
+        options["ports"] = {f"{port}/tcp": ("127.0.0.1", port)}
+    else:
+        command += ["--listen", f"127.0.0.1:{port}"]
+        options["network_mode"] = "host"
+    try:
+        container = client.containers.run(
+            me.image_id,
+            command,
+            entrypoint=["python3", "-m", "cache_action"],
+            name=name,
+            detach=True,
+            volumes=volumes,
+            labels={LABEL: "true", f"{LABEL}.port": str(port)},
+            **options,
+        )
+    except DockerException as error:
+        raise RegistryStartError(f"cannot start the registry container: {error}") from None
+    _wait_ready(container, ready, timeout)
+    network_address = f"{name}:{port}" if me.job_network else None
+    return RegistryContainer(container.id, f"127.0.0.1:{port}", network_address)
+
+
+def _remove_stale(client: Any, name: str) -> None:
+    """A self-hosted runner may still have one from a cancelled job."""
+    with contextlib.suppress(NotFound):
+        client.containers.get(name).remove(force=True)
+
+
+def _wait_ready(container: Any, ready: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.is_file():
+            with contextlib.suppress(ValueError):
+                json.loads(ready.read_text())
+                return
+        container.reload()
+        if container.status in ("exited", "dead"):
+            logs = container.logs(tail=20).decode(errors="replace")
+            container.remove(force=True)
+            raise RegistryStartError(f"the registry container exited at start:\n{logs}")
+        time.sleep(0.1)
+    logs = container.logs(tail=20).decode(errors="replace")
+    container.remove(force=True)
+    raise RegistryStartError(f"the registry was not ready after {timeout:.0f} s:\n{logs}")
+
+
+@dataclass(frozen=True)
+class StopReport:
+    exit_code: int | None  # None: it was already gone
+    crashed: bool
+    logs: str
+
+
+def stop_registry(client: Any, container_id: str) -> StopReport:
+    """SIGTERM (the registry finishes requests and flushes its record), wait, remove."""
+    try:
+        container = client.containers.get(container_id)
+    except NotFound:
+        return StopReport(None, True, "")
+    try:
+        was_running = container.status == "running"
+        if was_running:
+            container.stop(timeout=STOP_TIMEOUT_SECONDS)
+        state = client.api.inspect_container(container_id)["State"]
+        exit_code = int(state.get("ExitCode", -1))
+        logs = container.logs(tail=50).decode(errors="replace")
+        container.remove(force=True)
+    except DockerException as error:
+        return StopReport(None, True, str(error))
+    return StopReport(exit_code, not was_running or exit_code != 0, logs)

@@ -1,0 +1,212 @@
+"""The two stages of the action. Main: inputs → scopes → restore → start the registry →
+outputs. Post: stop the registry → prune → save → report. Only invalid inputs fail the job;
+every other problem is a warning and a cold cache, unless `strict` is set."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cache_action.action import sibling, workflow
+from cache_action.action.inputs import Inputs, SavePolicy
+from cache_action.action.state import StageState
+from cache_action.action.summary import render
+from cache_action.errors import CacheActionError, InputError, RegistryStartError, StoreError
+from cache_action.scopes import EntryName, GitContext, plan_scopes
+from cache_action.storage.access import read_stats
+from cache_action.storage.gc import collect_garbage, drop_tags
+from cache_action.storage.layout import Layout
+from cache_action.storage.lock import root_lock
+from cache_action.stores.base import RestoreResult, SaveResult, Store
+from cache_action.stores.factory import open_store
+from cache_action.stores.snapshot import RESTORED_FILE
+
+DEFAULT_RUNNER_TEMP = "/github/runner_temp"
+
+
+def _open_store(inputs: Inputs, env: Mapping[str, str]) -> Store:
+    s3 = {
+        "region": inputs.s3_region,
+        "endpoint_url": inputs.s3_endpoint,
+        "access_key_id": inputs.s3_access_key_id,
+        "secret_access_key": inputs.s3_secret_access_key,
+    }
+    return open_store(inputs.store, env, "store", s3, inputs.github_token or None)
+
+
+def _soft_fail(inputs: Inputs, what: str, error: Exception) -> bool:
+    """Report a runtime failure; True when the job must fail (strict mode)."""
+    if inputs.strict:
+        workflow.error(f"{what}: {error}", title="BuildKit cache (strict)")
+        return True
+    workflow.warning(f"{what}, continuing without it: {error}", title="BuildKit cache")
+    return False
+
+
+def _inputs(env: Mapping[str, str]) -> Inputs | None:
+    try:
+        inputs = Inputs.from_env(env)
+    except InputError as error:
+        workflow.error(str(error), title=f"Invalid input '{error.name}'")
+        return None
+    for secret in inputs.secrets():
+        workflow.mask(secret)
+    return inputs
+
+
+def main(env: Mapping[str, str]) -> int:
+    inputs = _inputs(env)
+    if inputs is None:
+        return 1
+    plan = plan_scopes(
+        GitContext.from_env(env),
+        inputs.namespace,
+        inputs.scope,
+        inputs.restore_scopes,
+        inputs.branch_fallback,
+        inputs.fallback_refs,
+        inputs.read_only,
+    )
+    workdir = Path(env.get("RUNNER_TEMP") or DEFAULT_RUNNER_TEMP) / f"cache-action-{inputs.port}"
+    state = StageState(root=str(workdir / "root"), run_dir=str(workdir / "run"))
+    if plan.save_to is not None:
+        state.save_to = [plan.save_to.namespace, plan.save_to.scope, plan.save_to.ref]
+    state.read_only_reason = plan.read_only_reason or ""
+    state.save()
+    layout = Layout(state.root)
+
+    with workflow.group(f"Restore the BuildKit cache (scope {inputs.scope})"):
+        started = time.monotonic()
+        result = RestoreResult()
+        try:
+            store = _open_store(inputs, env)
+            with root_lock(layout, "restore"):
+                result = store.restore(layout, plan.restore_chains)
+        except (StoreError, OSError) as error:
+            if _soft_fail(inputs, "Restoring the cache failed", error):
+                return 1
+        state.restore = result.to_json()
+        state.seconds["restore"] = time.monotonic() - started
+        workflow.info(f"cache hit: {result.hit.value}; {json.dumps(result.to_json())}")
+
+    with workflow.group("Start the registry"):
+        started = time.monotonic()
+        try:
+            client = sibling.docker_client()
+            me = sibling.inspect_self(client)
+            registry = sibling.start_registry(
+                client, me, layout.root, Path(state.run_dir), inputs.port
+            )
+        except (RegistryStartError, OSError) as error:
+            state.save()
+            _outputs(inputs, result, None)
+            return 1 if _soft_fail(inputs, "The cache registry did not start", error) else 0
+        state.container_id = registry.id
+        state.registry = registry.address
+        state.seconds["start"] = time.monotonic() - started
+        workflow.info(f"registry ready at {registry.address}")
+    state.save()
+    _outputs(inputs, result, registry)
+    return 0
+
+
+def _outputs(
+    inputs: Inputs, result: RestoreResult, registry: sibling.RegistryContainer | None
+) -> None:
+    outputs = {
+        "cache-hit": result.hit.value,
+        "restored-key": result.restored_key,
+        "restored-bytes": str(result.bytes_downloaded),
+        "registry": registry.address if registry else "",
+        "network-registry": (registry.network_address or "") if registry else "",
+        "cache-from": "",
+        "cache-to": "",
+    }
+    if registry is not None:
+        base = f"{registry.address}/{inputs.repository}"
+        scopes = dict.fromkeys([inputs.scope, *inputs.restore_scopes])
+        outputs["cache-from"] = "\n".join(f"type=registry,ref={base}:{s}" for s in scopes)
+        outputs["cache-to"] = (
+            f"type=registry,ref={base}:{inputs.scope},mode={inputs.mode},"
+            f"ignore-error={'false' if inputs.strict else 'true'}"
+        )
+    workflow.set_outputs(outputs)
+
+
+def post(env: Mapping[str, str]) -> int:
+    inputs = _inputs(env)
+    state = StageState.load(env)
+    if inputs is None or state is None or not state.root:
+        workflow.info("nothing to do: the main stage did not get as far as the cache")
+        return 0
+    layout = Layout(state.root)
+    problem: str | None = None
+    if state.container_id:
+        with workflow.group("Stop the registry"):
+            started = time.monotonic()
+            report = sibling.stop_registry(sibling.docker_client(), state.container_id)
+            state.seconds["stop"] = time.monotonic() - started
+            if report.crashed:
+                problem = "the registry stopped unexpectedly; only complete entries are kept"
+                workflow.warning(f"{problem}\n{report.logs[-2000:]}", title="BuildKit cache")
+    if not layout.root.is_dir():
+        workflow.info("nothing to save: the cache root does not exist")
+        return 0
+    failed = False
+    gc_report: dict[str, Any] | None = None
+    save_report: dict[str, Any] | None = None
+    try:
+        with root_lock(layout, "post"):
+            gc_report = _prune(inputs, layout, state)
+            save_report = _save(inputs, env, layout, state)
+    except (StoreError, OSError, CacheActionError) as error:
+        failed = _soft_fail(inputs, "Saving the cache failed", error)
+    workflow.append_summary(
+        render(
+            inputs.scope,
+            inputs.store if inputs.store != "gha" else "GitHub Actions cache",
+            state.restore,
+            read_stats(layout),
+            problem,
+            gc_report,
+            save_report,
+            state.seconds,
+        )
+    )
+    return 1 if failed else 0
+
+
+def _prune(inputs: Inputs, layout: Layout, state: StageState) -> dict[str, Any]:
+    """Keep only this job's tags for its own entry (merged-in scopes have their own entries),
+    then collect what no tag reaches."""
+    with workflow.group("Prune the cache"):
+        started = time.monotonic()
+        others = {(inputs.repository, s) for s in inputs.restore_scopes if s != inputs.scope}
+        dropped = drop_tags(layout, others)
+        report = collect_garbage(layout).to_json()
+        report["tags_dropped"] = dropped
+        state.seconds["prune"] = time.monotonic() - started
+        workflow.info(json.dumps(report))
+        return report
+
+
+def _save(
+    inputs: Inputs, env: Mapping[str, str], layout: Layout, state: StageState
+) -> dict[str, Any]:
+    if inputs.save is SavePolicy.NEVER:
+        return SaveResult(skipped_reason="save: never").to_json()
+    if not state.save_to:
+        reason = state.read_only_reason or "this job may not write the cache"
+        return SaveResult(skipped_reason=reason).to_json()
+    if inputs.save is SavePolicy.ALWAYS:
+        (layout.meta_dir / RESTORED_FILE).unlink(missing_ok=True)
+    with workflow.group("Save the cache"):
+        started = time.monotonic()
+        store = _open_store(inputs, env)
+        result = store.save(layout, EntryName(*state.save_to))
+        state.seconds["save"] = time.monotonic() - started
+        workflow.info(json.dumps(result.to_json()))
+        return result.to_json()

@@ -1,0 +1,40 @@
+"""What the main stage hands to the post stage (`$GITHUB_STATE` → `STATE_*`): the only reader
+and writer of those names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cache_action.action import workflow
+
+_KEY = "cache_action"
+
+
+@dataclass
+class StageState:
+    root: str = ""
+    run_dir: str = ""
+    container_id: str = ""
+    registry: str = ""
+    save_to: list[str] = field(default_factory=list)  # [namespace, scope, ref], empty: read-only
+    read_only_reason: str = ""
+    restore: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def save(self) -> None:
+        """Written as one JSON value, and again whenever main learns more: post sees the last."""
+        workflow.save_state({_KEY: json.dumps(asdict(self))})
+
+    @classmethod
+    def load(cls, env: Mapping[str, str]) -> StageState | None:
+        raw = env.get(f"STATE_{_KEY}")
+        if not raw:
+            return None
+        try:
+            document = json.loads(raw)
+            return cls(**{k: v for k, v in document.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError):
+            return None
