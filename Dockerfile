@@ -10,7 +10,12 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/cache-action
 # Dependencies first: this layer is reused until requirements.txt changes.
 COPY requirements.txt ./
-RUN python3 -m pip install --no-cache-dir --no-compile -r requirements.txt
+# botocore ships the models of every AWS service (~28 MB); S3 and the credential chain
+# (STS for OIDC web identity, SSO) are all this image talks to.
+RUN python3 -m pip install --no-cache-dir --no-compile -r requirements.txt \
+ && botocore_data="$(python3 -c 'import botocore, os; print(os.path.join(os.path.dirname(botocore.__file__), "data"))')" \
+ && find "$botocore_data" -mindepth 1 -maxdepth 1 -type d \
+      ! -name s3 ! -name sts ! -name sso ! -name sso-oidc ! -name signin -exec rm -rf {} +
 COPY pyproject.toml README.md ./
 COPY cache_action ./cache_action
 RUN python3 -m pip install --no-cache-dir --no-deps . \

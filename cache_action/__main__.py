@@ -1,4 +1,4 @@
-"""Command line: `python -m cache_action serve|gc|stats|restore|save ...`."""
+"""Command line: `python -m cache_action serve|gc|prune|stats|restore|save|health ...`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cache_action import __version__
-from cache_action.errors import CacheActionError
+from cache_action.errors import CacheActionError, InputError
 from cache_action.registry.server import ServeConfig, parse_listen, serve
 from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.service import READY_FILE, run_service
@@ -22,8 +22,10 @@ from cache_action.storage.gc import collect_garbage
 from cache_action.storage.inventory import take_inventory
 from cache_action.storage.layout import Layout
 from cache_action.storage.lock import root_lock
+from cache_action.storage.prune import PrunePolicy, Verify, prune
 from cache_action.stores.base import RestoreResult, SaveResult, StoreError
 from cache_action.stores.factory import open_store
+from cache_action.units import parse_duration, parse_size
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     gc_cmd = commands.add_parser("gc", help="delete blobs no tag reaches")
     gc_cmd.add_argument("--root", type=Path, required=True)
     gc_cmd.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
+
+    prune_cmd = commands.add_parser("prune", help="TTL, size budget and integrity, then gc")
+    prune_cmd.add_argument("--root", type=Path, required=True)
+    prune_cmd.add_argument("--ttl", default="", help="drop tags unused for this long (e.g. 7d)")
+    prune_cmd.add_argument("--max-size", default="", help="size budget (e.g. 2GB, 500MiB)")
+    prune_cmd.add_argument("--keep", type=int, help="at most N most recently used tags per repo")
+    prune_cmd.add_argument("--verify", choices=[v.value for v in Verify], default="size")
+    prune_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    prune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
 
     health_cmd = commands.add_parser("health", help="exit 0 when the registry answers /v2/")
     health_cmd.add_argument("--ready-file", type=Path, default=READY_FILE)
@@ -117,9 +128,38 @@ def _run(args: argparse.Namespace) -> int:
             report = collect_garbage(layout, dry_run=args.dry_run)
         print(json.dumps(report.to_json(), indent=1))
         return 0
+    if args.command == "prune":
+        return _prune(args, layout)
     document = {"root": str(layout.root), **take_inventory(layout).to_json()}
     document["last_run"] = read_stats(layout)
     print(json.dumps(document, indent=1))
+    return 0
+
+
+def _prune(args: argparse.Namespace, layout: Layout) -> int:
+    if args.keep is not None and args.keep < 0:
+        raise InputError("--keep", args.keep, "a whole number of tags, 0 or more")
+    last_run = read_stats(layout) or {}
+    policy = PrunePolicy(
+        ttl_seconds=parse_duration("--ttl", args.ttl),
+        max_size_bytes=parse_size("--max-size", args.max_size),
+        keep=args.keep,
+        verify=Verify(args.verify),
+        protect_since=last_run.get("started_at"),  # what the last build used stays
+        dry_run=args.dry_run,
+    )
+    with root_lock(layout, "prune"):
+        report = prune(layout, policy)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+        return 0
+    verb = "would remove" if report.dry_run else "removed"
+    for item in report.tags_removed:
+        print(f"{verb} {item['tag']} ({item['reason']})")
+    print(
+        f"{verb} {report.blobs_removed} blobs, {report.bytes_freed} bytes: "
+        f"{report.bytes_before} → {report.bytes_after} bytes"
+    )
     return 0
 
 

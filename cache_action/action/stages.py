@@ -17,9 +17,10 @@ from cache_action.action.summary import render
 from cache_action.errors import CacheActionError, InputError, RegistryStartError, StoreError
 from cache_action.scopes import EntryName, GitContext, plan_scopes
 from cache_action.storage.access import read_stats
-from cache_action.storage.gc import collect_garbage, drop_tags
+from cache_action.storage.gc import drop_tags
 from cache_action.storage.layout import Layout
 from cache_action.storage.lock import root_lock
+from cache_action.storage.prune import PrunePolicy, prune
 from cache_action.stores.base import RestoreResult, SaveResult, Store
 from cache_action.stores.factory import open_store
 from cache_action.stores.snapshot import RESTORED_FILE
@@ -71,7 +72,9 @@ def main(env: Mapping[str, str]) -> int:
         inputs.read_only,
     )
     workdir = Path(env.get("RUNNER_TEMP") or DEFAULT_RUNNER_TEMP) / f"cache-action-{inputs.port}"
-    state = StageState(root=str(workdir / "root"), run_dir=str(workdir / "run"))
+    state = StageState(
+        root=str(workdir / "root"), run_dir=str(workdir / "run"), started_at=time.time()
+    )
     if plan.save_to is not None:
         state.save_to = [plan.save_to.namespace, plan.save_to.scope, plan.save_to.ref]
     state.read_only_reason = plan.read_only_reason or ""
@@ -181,14 +184,20 @@ def post(env: Mapping[str, str]) -> int:
 
 def _prune(inputs: Inputs, layout: Layout, state: StageState) -> dict[str, Any]:
     """Keep only this job's tags for its own entry (merged-in scopes have their own entries),
-    then collect what no tag reaches."""
+    then TTL, budget and integrity; nothing this run used is dropped."""
     with workflow.group("Prune the cache"):
         started = time.monotonic()
         others = {(inputs.repository, s) for s in inputs.restore_scopes if s != inputs.scope}
-        dropped = drop_tags(layout, others)
-        report = collect_garbage(layout).to_json()
-        report["tags_dropped"] = dropped
+        drop_tags(layout, others)
+        policy = PrunePolicy(
+            ttl_seconds=inputs.ttl_seconds,
+            max_size_bytes=inputs.max_size_bytes,
+            protect_since=state.started_at or None,
+        )
+        report = prune(layout, policy).to_json()
         state.seconds["prune"] = time.monotonic() - started
+        for item in report["tags_removed"]:
+            workflow.info(f"pruned {item['tag']} ({item['reason']})")
         workflow.info(json.dumps(report))
         return report
 

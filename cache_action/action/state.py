@@ -19,6 +19,7 @@ class StageState:
     run_dir: str = ""
     container_id: str = ""
     registry: str = ""
+    started_at: float = 0.0  # tags used since then are this run's: prune never drops them
     save_to: list[str] = field(default_factory=list)  # [namespace, scope, ref], empty: read-only
     read_only_reason: str = ""
     restore: dict[str, Any] = field(default_factory=dict)

@@ -49,8 +49,13 @@ def render(
     if registry_problem:
         rows.append(("Registry", f":warning: {registry_problem}"))
     if gc:
+        removed = ", ".join(f"{t['tag']} ({t['reason']})" for t in gc.get("tags_removed", []))
         rows.append(
-            ("Pruned", f"{gc.get('blobs_deleted', 0)} blobs, {_mb(gc.get('bytes_freed', 0))}")
+            (
+                "Pruned",
+                f"{gc.get('blobs_removed', 0)} blobs, {_mb(gc.get('bytes_freed', 0))}; "
+                f"{_mb(gc.get('bytes_after', 0))} kept" + (f"; tags: {removed}" if removed else ""),
+            )
         )
     if save:
         if save.get("saved"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from github import Auth, Github, GithubException
@@ -71,7 +72,8 @@ class CacheManagement:
             page += 1
 
     def delete_superseded(self, key_prefix: str, keep_key: str, ref: str) -> list[CacheEntry]:
-        """Delete older entries of one (scope, ref) — never another ref's. Returns what went.
+        """Delete entries of one (scope, ref) created before `keep_key` — never another ref's,
+        never a newer one. Returns what went.
 
         `key_prefix` names our scope and ref; `ref` is the GitHub ref the entries live under
         (the job's GITHUB_REF), so both GitHub's scoping and ours must match."""
@@ -79,8 +81,16 @@ class CacheManagement:
             return []
         deleted = []
         try:
-            for entry in self.list_entries(key_prefix, ref):
-                if entry.key != keep_key and entry.ref == ref:
+            entries = [entry for entry in self.list_entries(key_prefix, ref) if entry.ref == ref]
+            kept = next((entry for entry in entries if entry.key == keep_key), None)
+            cutoff = _created(kept)
+            if cutoff is None:  # without our own entry's time, "older" cannot be told apart
+                log.info("%s is not listed yet: no superseded entries deleted", keep_key)
+                return []
+            for entry in entries:
+                created = _created(entry)
+                # a concurrent job's entry created after ours supersedes ours, not the reverse
+                if entry.key != keep_key and created is not None and created < cutoff:
                     self._request("DELETE", f"caches/{entry.id}")
                     deleted.append(entry)
         except GithubException as error:
@@ -109,3 +119,13 @@ class CacheManagement:
         return CacheUsage(
             int(data.get("active_caches_size_in_bytes", 0)), int(data.get("active_caches_count", 0))
         )
+
+
+def _created(entry: CacheEntry | None) -> datetime | None:
+    """`created_at` (`2019-01-24T22:45:36.000Z`) as a datetime; None when absent or unreadable."""
+    if entry is None or not entry.created_at:
+        return None
+    try:
+        return datetime.fromisoformat(entry.created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,228 @@
+"""Prune: keep the cache small and always consistent.
+
+1. integrity — a tag whose closure (manifest → children → config and layers) is missing a blob,
+   has a blob of the wrong size, or (verify=full) a blob that fails its digest, is dropped:
+   BuildKit then misses cleanly instead of failing with "blob not found";
+2. ttl — tags neither written nor read within the TTL are dropped;
+3. keep — at most the N most recently used tags per repository;
+4. budget — while the root is over max-size, the least recently used tag goes, never one written
+   or read in the current run;
+then one garbage collection sweeps what no kept tag reaches. Tags are removed from index.json
+before any blob is deleted, so a kill at any moment leaves a consistent root. A tag and its
+blobs are never split: only unreachable blobs are ever deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cache_action.errors import OCIError
+from cache_action.storage.access import AccessRecord
+from cache_action.storage.blobs import BlobStore
+from cache_action.storage.digests import Digest
+from cache_action.storage.gc import collect_garbage, drop_tags
+from cache_action.storage.index import IndexStore, tag_of
+from cache_action.storage.inventory import take_inventory
+from cache_action.storage.layout import Layout
+from cache_action.storage.manifests import MAX_MANIFEST_BYTES, read_manifest
+
+
+class Verify(StrEnum):
+    SIZE = "size"  # presence and size of every blob a tag needs (cheap: stat)
+    FULL = "full"  # and every digest (reads every byte)
+
+
+@dataclass(frozen=True)
+class PrunePolicy:
+    ttl_seconds: float | None = None
+    max_size_bytes: int | None = None
+    keep: int | None = None
+    verify: Verify = Verify.SIZE
+    protect_since: float | None = None  # tags used at or after this time are never dropped
+    dry_run: bool = False
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool
+    bytes_before: int = 0
+    bytes_after: int = 0
+    tags_removed: list[dict[str, str]] = field(default_factory=list)  # {tag, reason}
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "tags_removed": self.tags_removed,
+            "blobs_removed": self.blobs_removed,
+            "bytes_freed": self.bytes_freed,
+        }
+
+
+@dataclass
+class _Tag:
+    repository: str
+    tag: str
+    digest: Digest | None
+    last_used: float
+    closure: dict[Digest, int] = field(default_factory=dict)  # digest → size on disk
+    broken: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.repository, self.tag)
+
+    @property
+    def label(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+def prune(
+    layout: Layout, policy: PrunePolicy, clock: Callable[[], float] = time.time
+) -> PruneReport:
+    """Apply `policy` to the root (hold the root lock: the registry must not be serving)."""
+    now = clock()
+    report = PruneReport(dry_run=policy.dry_run)
+    report.bytes_before = take_inventory(layout).bytes
+    tags = _tags(layout, policy.verify)
+    doomed: dict[tuple[str, str], str] = {}
+
+    def protected(tag: _Tag) -> bool:
+        return policy.protect_since is not None and tag.last_used >= policy.protect_since
+
+    for tag in tags:
+        if tag.broken:
+            doomed[tag.key] = "broken"
+        elif (
+            policy.ttl_seconds is not None
+            and now - tag.last_used > policy.ttl_seconds
+            and not protected(tag)
+        ):
+            doomed[tag.key] = "ttl"
+    if policy.keep is not None:
+        for repository in {t.repository for t in tags}:
+            alive = [t for t in tags if t.repository == repository and t.key not in doomed]
+            alive.sort(key=lambda t: t.last_used, reverse=True)
+            for tag in alive[policy.keep :]:
+                if not protected(tag):
+                    doomed[tag.key] = "keep"
+    if policy.max_size_bytes is not None:
+        alive = sorted((t for t in tags if t.key not in doomed), key=lambda t: t.last_used)
+        while alive and _bytes_kept(alive) > policy.max_size_bytes:
+            victim = next((t for t in alive if not protected(t)), None)
+            if victim is None:
+                break  # everything left was used by this run: over budget, but never broken
+            doomed[victim.key] = "budget"
+            alive.remove(victim)
+    report.tags_removed = [
+        {"tag": f"{repository}:{tag}", "reason": reason}
+        for (repository, tag), reason in sorted(doomed.items())
+    ]
+    if not policy.dry_run:
+        drop_tags(layout, set(doomed))
+    garbage = collect_garbage(layout, dry_run=policy.dry_run)
+    if policy.dry_run:
+        report.blobs_removed = len(garbage.blobs_deleted)
+        kept = [t for t in tags if t.key not in doomed]
+        report.bytes_after = (
+            _bytes_kept(kept) if doomed else report.bytes_before - garbage.bytes_freed
+        )
+        report.bytes_freed = report.bytes_before - report.bytes_after
+        return report
+    _forget_removed(layout, doomed)
+    report.blobs_removed = len(garbage.blobs_deleted)
+    report.bytes_after = take_inventory(layout).bytes
+    report.bytes_freed = report.bytes_before - report.bytes_after
+    return report
+
+
+def _bytes_kept(tags: list[_Tag]) -> int:
+    union: dict[Digest, int] = {}
+    for tag in tags:
+        union.update(tag.closure)
+    return sum(union.values())
+
+
+def _tags(layout: Layout, verify: Verify) -> list[_Tag]:
+    indexes = IndexStore(layout)
+    blobs = BlobStore(layout, indexes)
+    access = AccessRecord.load(layout)
+    found = []
+    for repository in layout.repositories():
+        index = indexes.read(repository)
+        for entry in index.manifests if index else []:
+            name = tag_of(entry)
+            if name is None:
+                continue
+            tag = _Tag(repository, name, None, 0.0)
+            try:
+                tag.digest = Digest.parse(entry.get("digest", ""))
+            except OCIError:
+                tag.broken = "invalid digest"
+                found.append(tag)
+                continue
+            _closure(blobs, tag, verify)
+            tag.last_used = access.tag_time(repository, name) or _mtime(layout, repository, tag)
+            found.append(tag)
+    return found
+
+
+def _closure(blobs: BlobStore, tag: _Tag, verify: Verify) -> None:
+    """Fill `tag.closure`, or set `tag.broken` to why the tag cannot be served."""
+    assert tag.digest is not None
+    pending: list[tuple[Digest, int | None]] = [(tag.digest, None)]
+    while pending:
+        digest, expected = pending.pop()
+        if digest in tag.closure:
+            continue
+        size = blobs.size(tag.repository, digest)
+        if size is None:
+            tag.broken = f"missing {digest}"
+            return
+        if expected is not None and size != expected:
+            tag.broken = f"{digest} is {size} bytes, its descriptor says {expected}"
+            return
+        if verify is Verify.FULL and not _digest_matches(blobs, tag.repository, digest):
+            tag.broken = f"{digest} fails its digest"
+            return
+        tag.closure[digest] = size
+        if size > MAX_MANIFEST_BYTES:
+            continue
+        manifest = read_manifest(blobs.read(tag.repository, digest) or b"")
+        if manifest is None:
+            if digest == tag.digest:
+                tag.broken = f"{digest} is not a manifest"
+                return
+            continue
+        pending += [(r.digest, r.size) for r in manifest.references if not r.external]
+
+
+def _digest_matches(blobs: BlobStore, repository: str, digest: Digest) -> bool:
+    hasher = hashlib.new(digest.algorithm)
+    with open(blobs.path(repository, digest), "rb") as f:
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest() == digest.hex
+
+
+def _mtime(layout: Layout, repository: str, tag: _Tag) -> float:
+    """No access record (a root restored from elsewhere): the manifest's age stands in."""
+    assert tag.digest is not None
+    try:
+        return layout.repo_blob(repository, tag.digest).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _forget_removed(layout: Layout, doomed: dict[tuple[str, str], str]) -> None:
+    access = AccessRecord.load(layout)
+    access.forget("tags", {f"{repository}:{tag}" for repository, tag in doomed})
+    access.flush()
