@@ -20,8 +20,8 @@ COPY pyproject.toml README.md ./
 COPY cache_action ./cache_action
 RUN python3 -m pip install --no-cache-dir --no-deps . \
  && rm -rf /opt/cache-action/cache_action /opt/cache-action/build
-COPY entrypoint.py /entrypoint.py
-RUN ln -s /entrypoint.py /post-entrypoint.py
+COPY entrypoint.py /usr/local/bin/entrypoint.py
+RUN ln -s entrypoint.py /usr/local/bin/post-entrypoint.py
 
 # Standalone service: the container's own network namespace, so it listens on all of it;
 # publish the port on the host's loopback (docker run -p 127.0.0.1:5000:5000 ...).
