@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -414,6 +415,51 @@ def test_corrupt_shared_layer_drops_every_tag_using_it(
     assert tags(target, TOOLS) == {"latest": golden.tools.manifest_digest}
     assert shared not in blob_digests(target)
     assert_sound(target)
+
+
+def stored_blobs(store: ContentAddressedStore) -> list[str]:
+    objects = store.backend.list_objects("blobs/")
+    return [o.key.removeprefix("blobs/").replace("/", ":", 1) for o in objects]
+
+
+def test_a_corrupt_blob_is_repaired_by_the_next_save(
+    backend: Backend, job_root: Path, golden: Golden, tmp_path: Path
+) -> None:
+    assert backend.open().save(Layout(job_root), entry()).saved
+    victim = golden.v2.layers[2].digest
+    garbage = os.urandom(len(backend.read_blob(victim)))
+    if backend.root is None:
+        backend.overwrite_blob(victim, garbage)
+    else:  # a new file: the root that saved it shares the old inode (blobs are never edited)
+        stored = backend.root / "blobs" / victim.replace(":", "/")
+        stored.unlink()
+        stored.write_bytes(garbage)
+    backend.open().restore(Layout(tmp_path / "first"), [[entry()]])
+    assert victim not in stored_blobs(backend.open())  # the bad copy is gone
+
+    add_blob(job_root, APP, b"a change, so the save is not skipped")
+    resaved = backend.open().save(Layout(job_root), entry())
+    assert resaved.saved and resaved.blobs_uploaded == 2  # the new blob and the repaired one
+    result = backend.open().restore(Layout(tmp_path / "second"), [[entry()]])
+    assert result.tags_dropped == []
+    assert tags(tmp_path / "second", APP)["v2"] == golden.v2.manifest_digest
+
+
+def test_store_garbage_collection_spares_young_and_referenced_blobs(
+    backend: Backend, job_root: Path, golden: Golden
+) -> None:
+    store = backend.open()
+    assert store.save(Layout(job_root), entry()).saved
+    saved = set(stored_blobs(store))
+    orphan = Digest.of(b"uploaded by a save that has not written its entry yet")
+    with tempfile.NamedTemporaryFile() as source:
+        source.write(b"uploaded by a save that has not written its entry yet")
+        source.flush()
+        store.backend.put_blob(orphan, Path(source.name))
+    assert store.collect_garbage() == 0  # young: a concurrent save may still name it
+    assert str(orphan) in stored_blobs(store)
+    assert store.collect_garbage(grace_seconds=-1) == 1  # old and unnamed: gone
+    assert set(stored_blobs(store)) == saved  # everything an entry names stays
 
 
 def test_corrupt_entry_manifest_falls_back_to_the_previous_entry(

@@ -21,7 +21,7 @@ from typing import Any
 import docker
 from docker.errors import DockerException, NotFound
 
-from cache_action.errors import RegistryStartError
+from cache_action.errors import RegistryStartError, StoreError
 
 LABEL = "io.github.cache-action.registry"
 ALIAS_PREFIX = "buildkit-cache"
@@ -29,6 +29,7 @@ ROOT_IN_REGISTRY = "/cache"
 RUN_DIR_IN_REGISTRY = "/run/cache-action"
 READY_FILE = "ready.json"
 STOP_TIMEOUT_SECONDS = 45
+STORE_HELPER_TIMEOUT_SECONDS = 3 * 3600
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ class ActionContainer:
     image_id: str
     mounts: tuple[tuple[str, str], ...]  # (host source, container destination)
     job_network: str | None
+
+    def sees(self, path: str) -> bool:
+        """Whether `path` is on one of this container's bind mounts (the runner host's files
+        it can really read and write, as opposed to its own throwaway filesystem)."""
+        target = PurePosixPath(path)
+        return any(
+            target == PurePosixPath(destination) or PurePosixPath(destination) in target.parents
+            for _, destination in self.mounts
+        )
 
     def host_path(self, path: Path) -> str:
         """Translate a path inside this container to the host path behind its bind mount."""
@@ -184,3 +194,38 @@ def stop_registry(client: Any, container_id: str) -> StopReport:
     except DockerException as error:
         return StopReport(None, True, str(error))
     return StopReport(exit_code, not was_running or exit_code != 0, logs)
+
+
+def run_cache_command(
+    client: Any, me: ActionContainer, arguments: list[str], root: Path, host_dirs: list[str]
+) -> str:
+    """`python -m cache_action ARGUMENTS` in a short-lived sibling from the action's own image,
+    for runner-host directories the action container has no mount for (a `local://` store on an
+    NFS mount or kept between jobs): each of `host_dirs` is mounted at the same path, the cache
+    root at /cache. Returns its stdout; StoreError with the end of its log when it fails."""
+    volumes = {me.host_path(root): {"bind": ROOT_IN_REGISTRY, "mode": "rw"}}
+    volumes.update({d: {"bind": d, "mode": "rw"} for d in host_dirs})
+    try:
+        container = client.containers.run(
+            me.image_id,
+            arguments,
+            entrypoint=["python3", "-m", "cache_action"],
+            detach=True,
+            volumes=volumes,
+            network_mode="none",
+            labels={LABEL: "store"},
+        )
+    except DockerException as error:
+        raise StoreError(f"cannot start a container to reach the store: {error}") from None
+    try:
+        status = container.wait(timeout=STORE_HELPER_TIMEOUT_SECONDS)
+        output = container.logs(stdout=True, stderr=False).decode(errors="replace")
+        log = container.logs(stdout=False, stderr=True, tail=30).decode(errors="replace")
+    except (DockerException, OSError) as error:  # requests' timeouts are OSErrors
+        raise StoreError(f"the store container failed: {error}") from None
+    finally:
+        with contextlib.suppress(DockerException):
+            container.remove(force=True)
+    if int(status.get("StatusCode", -1)) != 0:
+        raise StoreError(f"{arguments[0]} failed:\n{log.strip()}")
+    return str(output)

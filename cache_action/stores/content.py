@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import unquote
 
 from cache_action.scopes import EntryName
@@ -34,6 +34,13 @@ from cache_action.stores.snapshot import (
 log = logging.getLogger(__name__)
 ENTRIES = "entries/"
 KEEP_PER_REF = 2  # the newest two: a reader that listed just before a save still finds its entry
+GRACE_SECONDS = 24 * 3600  # unreferenced blobs younger than this may belong to a save under way
+
+
+class StoredObject(NamedTuple):
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
 
 
 class ObjectBackend(Protocol):
@@ -44,8 +51,13 @@ class ObjectBackend(Protocol):
     def get_blob(self, digest: Digest, target: Path) -> None: ...
     def put_object(self, key: str, data: bytes) -> None: ...
     def get_object(self, key: str) -> bytes | None: ...
-    def list_objects(self, prefix: str) -> list[tuple[str, int]]: ...  # (key, size)
+    def list_objects(self, prefix: str) -> list[StoredObject]: ...
     def delete_object(self, key: str) -> None: ...
+
+
+def _blob_key(digest_text: str) -> str:
+    digest = Digest.parse(digest_text)
+    return f"blobs/{digest.algorithm}/{digest.hex}"
 
 
 def _entry_info(name: EntryName, key: str, size: int) -> EntryInfo:
@@ -63,7 +75,7 @@ class ContentAddressedStore:
     def entries_of(self, name: EntryName) -> list[EntryInfo]:
         """Entries of one (namespace, scope, ref), newest first."""
         listed = self.backend.list_objects(ENTRIES + name.prefix)
-        entries = [_entry_info(name, key, size) for key, size in listed if key.endswith(".json")]
+        entries = [_entry_info(name, o.key, o.size) for o in listed if o.key.endswith(".json")]
         return sorted(entries, key=lambda e: e.key, reverse=True)
 
     def restore(self, layout: Layout, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
@@ -87,6 +99,8 @@ class ContentAddressedStore:
             result.blobs_downloaded = report.blobs_fetched
             result.bytes_downloaded = report.bytes_fetched
             result.tags_dropped = report.tags_dropped
+            for digest in report.corrupt:  # so the next save uploads a good copy
+                self.backend.delete_object(_blob_key(digest))
         record_restored(layout, [info.key for info in result.restored])
         result.seconds = time.monotonic() - started
         return result
@@ -131,8 +145,32 @@ class ContentAddressedStore:
         result.blobs_uploaded = len(missing)
         result.bytes_uploaded = sum(snapshot.blobs[d] for d in missing)
         self._delete_superseded(name, keep=key)
+        self.collect_garbage()
         result.seconds = time.monotonic() - started
         return result
+
+    def collect_garbage(self, grace_seconds: float = GRACE_SECONDS) -> int:
+        """Delete blobs no entry names, once older than `grace_seconds`: a concurrent save
+        uploads its blobs before its entry, and must not lose them. Returns how many went."""
+        referenced: set[str] = set()
+        for stored in self.backend.list_objects(ENTRIES):
+            data = self.backend.get_object(stored.key) if stored.key.endswith(".json") else None
+            if data is None:
+                continue
+            try:
+                referenced |= Snapshot.from_bytes(data).blobs.keys()
+            except StoreError:
+                continue  # an unreadable entry: it protects nothing
+        cutoff = time.time() - grace_seconds
+        removed = 0
+        for stored in self.backend.list_objects("blobs/"):
+            digest = stored.key.removeprefix("blobs/").replace("/", ":", 1)
+            if digest not in referenced and stored.modified < cutoff:
+                self.backend.delete_object(stored.key)
+                removed += 1
+        if removed:
+            log.info("deleted %d blobs no entry uses from %s", removed, self.description)
+        return removed
 
     @staticmethod
     def _pool_path(layout: Layout, digest_text: str) -> Path:
@@ -150,11 +188,11 @@ class ContentAddressedStore:
 
     def list_entries(self, namespace: str) -> list[EntryInfo]:
         entries = []
-        for key, size in self.backend.list_objects(f"{ENTRIES}{namespace}/"):
-            parts = key[len(ENTRIES) :].split("/")
+        for stored in self.backend.list_objects(f"{ENTRIES}{namespace}/"):
+            parts = stored.key[len(ENTRIES) :].split("/")
             if len(parts) == 4 and parts[3].endswith(".json"):
                 name = EntryName(parts[0], parts[1], unquote(parts[2]))
-                entries.append(_entry_info(name, key, size))
+                entries.append(_entry_info(name, stored.key, stored.size))
         return sorted(entries, key=lambda e: e.key)
 
     def delete(self, entry: EntryInfo) -> None:

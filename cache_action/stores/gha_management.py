@@ -25,6 +25,10 @@ class CacheEntry:
     size: int
     created_at: str
 
+    @property
+    def created(self) -> datetime | None:
+        return _created(self)
+
 
 @dataclass(frozen=True)
 class CacheUsage:

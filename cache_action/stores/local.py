@@ -11,6 +11,7 @@ from pathlib import Path
 from cache_action.storage.digests import Digest
 from cache_action.storage.files import link_or_copy, write_atomic
 from cache_action.stores.base import StoreError
+from cache_action.stores.content import StoredObject
 
 
 class LocalBackend:
@@ -52,7 +53,7 @@ class LocalBackend:
         except FileNotFoundError:
             return None
 
-    def list_objects(self, prefix: str) -> list[tuple[str, int]]:
+    def list_objects(self, prefix: str) -> list[StoredObject]:
         base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.directory
         if not base.is_dir():
             return []
@@ -61,7 +62,8 @@ class LocalBackend:
         for path in base.rglob("*"):
             key = path.relative_to(directory).as_posix()
             if path.is_file() and key.startswith(prefix) and not path.name.startswith("."):
-                found.append((key, path.stat().st_size))
+                info = path.stat()
+                found.append(StoredObject(key, info.st_size, info.st_mtime))
         return found
 
     def delete_object(self, key: str) -> None:

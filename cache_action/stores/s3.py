@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cache_action.errors import InputError
 from cache_action.storage.digests import Digest
 from cache_action.stores.base import StoreError
+from cache_action.stores.content import StoredObject
 
 PART_BYTES = 64 * 1024 * 1024
 
@@ -67,7 +68,10 @@ class S3Backend:
             aws_secret_access_key=settings.secret_access_key,
             aws_session_token=settings.session_token,
             config=Config(
-                retries={"max_attempts": 8, "mode": "adaptive"},
+                # A silent endpoint gives up in minutes, not ten: 5 tries of 30 s reads.
+                connect_timeout=10,
+                read_timeout=30,
+                retries={"max_attempts": 5, "mode": "adaptive"},
                 max_pool_connections=max(10, workers * 4),
             ),
         )
@@ -86,8 +90,8 @@ class S3Backend:
     def missing_blobs(self, digests: Sequence[str]) -> set[str]:
         """One listing of blobs/ instead of a HEAD per blob."""
         present = {
-            key.removeprefix("blobs/").replace("/", ":", 1)
-            for key, _ in self.list_objects("blobs/")
+            stored.key.removeprefix("blobs/").replace("/", ":", 1)
+            for stored in self.list_objects("blobs/")
         }
         return set(digests) - present
 
@@ -124,7 +128,7 @@ class S3Backend:
         except BotoCoreError as error:
             raise _fail(f"read of {key}", error) from None
 
-    def list_objects(self, prefix: str) -> list[tuple[str, int]]:
+    def list_objects(self, prefix: str) -> list[StoredObject]:
         found = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -132,7 +136,9 @@ class S3Backend:
             )
             for page in pages:
                 for item in page.get("Contents", []):
-                    found.append((item["Key"][len(self.settings.prefix) :], int(item["Size"])))
+                    key = item["Key"][len(self.settings.prefix) :]
+                    modified = item["LastModified"].timestamp()
+                    found.append(StoredObject(key, int(item["Size"]), modified))
         except (BotoCoreError, ClientError) as error:
             raise _fail(f"listing of {prefix}", error) from None
         return found

@@ -106,6 +106,11 @@ class ApplyReport:
     blobs_fetched: int = 0
     bytes_fetched: int = 0
     tags_dropped: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # digests whose stored copy is bad
+
+
+class CorruptBlobError(StoreError):
+    """A blob's bytes do not match its digest or size."""
 
 
 def apply_snapshots(
@@ -121,34 +126,26 @@ def apply_snapshots(
             owner[digest] = (size, fetch)
     missing = [d for d in owner if not layout.pool_blob(Digest.parse(d)).is_file()]
 
-    def fetch_one(digest_text: str) -> int:
+    def fetch_one(digest_text: str) -> int | StoreError | OSError:
         size, fetch = owner[digest_text]
-        return _fetch_verified(layout, Digest.parse(digest_text), size, fetch)
+        try:
+            return _fetch_verified(layout, Digest.parse(digest_text), size, fetch)
+        except (StoreError, OSError) as error:
+            return error
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for digest_text, fetched in zip(
-            missing, pool.map(_guarded(fetch_one), missing), strict=True
-        ):
-            if fetched is None:
-                log.warning("could not restore blob %s", digest_text)
+        for digest_text, fetched in zip(missing, pool.map(fetch_one, missing), strict=True):
+            if isinstance(fetched, int):
+                report.blobs_fetched += 1
+                report.bytes_fetched += fetched
                 continue
-            report.blobs_fetched += 1
-            report.bytes_fetched += fetched
+            log.warning("could not restore blob %s: %s", digest_text, fetched)
+            if isinstance(fetched, CorruptBlobError):
+                report.corrupt.append(digest_text)
     for name, manifests in _merged_indexes(layout, [s for s, _ in sources]).items():
         report.tags_dropped += _install_repository(layout, blobs, name, manifests, sources)
     _merge_access(layout, [s for s, _ in sources])
     return report
-
-
-def _guarded(function: Callable[[str], int]) -> Callable[[str], int | None]:
-    def call(argument: str) -> int | None:
-        try:
-            return function(argument)
-        except (OSError, StoreError) as error:
-            log.warning("%s", error)
-            return None
-
-    return call
 
 
 def _fetch_verified(layout: Layout, digest: Digest, size: int, fetch: BlobFetcher) -> int:
@@ -165,7 +162,7 @@ def _fetch_verified(layout: Layout, digest: Digest, size: int, fetch: BlobFetche
             os.fsync(f.fileno())
         actual_size = tmp.stat().st_size
         if hasher.hexdigest() != digest.hex or actual_size != size:
-            raise StoreError(f"blob {digest} arrived corrupt ({actual_size} bytes); dropped")
+            raise CorruptBlobError(f"blob {digest} arrived corrupt ({actual_size} bytes); dropped")
         tmp.replace(target)
     finally:
         with contextlib.suppress(FileNotFoundError):

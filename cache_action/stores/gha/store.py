@@ -5,12 +5,15 @@ Keys are `<namespace>/<scope>/<quoted ref>/<run id>-<attempt>` so a prefix names
 as `.buildkit-cache/...` (the path actions/cache would use for a `.buildkit-cache` directory in
 the workspace), so the official action restores what we save and we restore what it saves.
 An archive is extracted into a staging directory beside the root, checked blob by blob, and
-merged in like any other snapshot. Superseded entries of the same scope and ref are deleted
-through the REST API when the token allows it.
+merged in like any other snapshot. Each archive carries `.cache-action/saved.json` (when it was
+saved), so merged scopes are ordered by save time and the newest tag wins, whatever the order of
+the chains. Superseded entries of the same scope and ref are deleted through the REST API when
+the token allows it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -20,9 +23,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
+from github import GithubException
+
 from cache_action.errors import StoreError
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
+from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import META_DIR, Layout
 from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult
 from cache_action.stores.gha.archive import create_archive, extract_archive
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 
 PATH_LABEL = ".buildkit-cache"
 NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json")
+SAVED_FILE = "saved.json"  # {"created_at": seconds, "key": ...}: archived, read on restore
 
 
 class GhaStore:
@@ -94,7 +101,9 @@ class GhaStore:
                     continue
                 extracted, size = self._download(match, staging / str(index))
                 result.bytes_downloaded += size
-                sources.append((take_snapshot(extracted), _linker(extracted)))
+                snapshot = take_snapshot(extracted)
+                snapshot.created_at = _saved_at(extracted)  # not the time it was extracted
+                sources.append((snapshot, _linker(extracted)))
                 result.restored.append(_info(chain, match))
             if sources:
                 result.hit = HitKind.EXACT if exact else HitKind.PARTIAL
@@ -149,6 +158,8 @@ class GhaStore:
             result.skipped_reason = f"the cache is read-only here ({error})"
             return
         archive = layout.meta_dir / f"save-{uuid.uuid4().hex[:12]}.tzst"
+        saved = {"created_at": snapshot.created_at, "key": key}
+        write_atomic(layout.meta_dir / SAVED_FILE, json.dumps(saved).encode())
         try:
             excluded = [f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED]
             excluded.append(f"{self.path_label}/{META_DIR}/{archive.name}")
@@ -187,11 +198,17 @@ class GhaStore:
                 "listing Actions cache entries needs GITHUB_TOKEN and GITHUB_REPOSITORY"
             )
         entries = []
-        for entry in self.management.list_entries(f"{namespace}/"):
+        try:
+            listed = self.management.list_entries(f"{namespace}/")
+        except GithubException as error:
+            raise StoreError(f"could not list Actions cache entries: HTTP {error.status}") from None
+        for entry in listed:
             parts = entry.key.split("/")
             if len(parts) == 4:
                 name = EntryName(parts[0], parts[1], unquote(parts[2]))
-                entries.append(EntryInfo(name, entry.key, 0.0, entry.size))
+                created = entry.created
+                seconds = created.timestamp() if created is not None else 0.0
+                entries.append(EntryInfo(name, entry.key, seconds, entry.size))
         return entries
 
     def delete(self, entry: EntryInfo) -> None:
@@ -199,7 +216,14 @@ class GhaStore:
             raise StoreError(
                 "deleting Actions cache entries needs GITHUB_TOKEN and GITHUB_REPOSITORY"
             )
-        self.management.delete_key(entry.key)
+        try:
+            self.management.delete_key(entry.key)
+        except GithubException as error:
+            if error.status == 404:
+                return  # already gone: deleting is idempotent, as in the other stores
+            raise StoreError(
+                f"could not delete Actions cache entry {entry.key}: HTTP {error.status}"
+            ) from None
 
 
 def _info(chain: Sequence[EntryName], match: Match) -> EntryInfo:
@@ -207,6 +231,21 @@ def _info(chain: Sequence[EntryName], match: Match) -> EntryInfo:
         if match.matched_key.startswith(name.prefix):
             return EntryInfo(name, match.matched_key, 0.0)
     return EntryInfo(chain[0], match.matched_key, 0.0)
+
+
+def _saved_at(extracted: Layout) -> float:
+    """When the entry was saved: our `saved.json`, or for an archive someone else made (the
+    official action saving `.buildkit-cache`) the newest index.json in it; the later of the two
+    when a root we once saved was archived again."""
+    recorded = 0.0
+    try:
+        document = json.loads((extracted.meta_dir / SAVED_FILE).read_bytes())
+        recorded = float(document["created_at"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    indexes = [extracted.index_path(name) for name in extracted.repositories()]
+    written = max((path.stat().st_mtime for path in indexes if path.is_file()), default=0.0)
+    return max(recorded, written)
 
 
 def _linker(source: Layout) -> BlobFetcher:
