@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from cache_action.storage.digests import Digest
-from cache_action.storage.files import fsync_dir, link_or_copy, temp_name
+from cache_action.storage.files import fsync_dir, link_or_copy, write_temp
 from cache_action.storage.index import IndexStore
 from cache_action.storage.layout import Layout
 
@@ -54,14 +54,9 @@ class BlobStore:
             return
         pool = self.layout.pool_blob(digest)
         if not pool.is_file():
-            pool.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_name(pool)
+            tmp = write_temp(pool, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                link_or_copy(tmp, pool)
+                link_or_copy(tmp, pool)  # never replaces a pool file another request linked
             finally:
                 tmp.unlink(missing_ok=True)
         self._link(name, digest)

@@ -29,15 +29,25 @@ def temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
+def write_temp(final: Path, data: bytes) -> Path:
+    """`data` in an fsynced temp file beside `final`, ready to be renamed or linked there."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename: readers see the old file or the whole new one."""
+    tmp = write_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
