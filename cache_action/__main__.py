@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     prune_cmd.add_argument("--root", type=Path, required=True)
     prune_cmd.add_argument("--ttl", default="", help="drop tags unused for this long (e.g. 7d)")
     prune_cmd.add_argument("--max-size", default="", help="size budget (e.g. 2GB, 500MiB)")
-    prune_cmd.add_argument("--keep", type=int, help="at most N most recently used tags per repo")
+    prune_cmd.add_argument("--keep", help="at most N most recently used tags per repository")
     prune_cmd.add_argument("--verify", choices=[v.value for v in Verify], default="size")
     prune_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
     prune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -137,15 +137,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace, layout: Layout) -> int:
-    if args.keep is not None and args.keep < 0:
-        raise InputError("--keep", args.keep, "a whole number of tags, 0 or more")
-    last_run = read_stats(layout) or {}
+    keep = None
+    if args.keep is not None:
+        if not args.keep.strip().isascii() or not args.keep.strip().isdigit():
+            raise InputError("--keep", args.keep, "a whole number of tags, 0 or more")
+        keep = int(args.keep)
+    started_at = (read_stats(layout) or {}).get("started_at")
+    if not isinstance(started_at, int | float) or isinstance(started_at, bool):
+        started_at = None  # no (or an unreadable) last run: nothing is protected
     policy = PrunePolicy(
         ttl_seconds=parse_duration("--ttl", args.ttl),
         max_size_bytes=parse_size("--max-size", args.max_size),
-        keep=args.keep,
+        keep=keep,
         verify=Verify(args.verify),
-        protect_since=last_run.get("started_at"),  # what the last build used stays
+        protect_since=started_at,  # what the last run (the build just served) used stays
         dry_run=args.dry_run,
     )
     with root_lock(layout, "prune"):

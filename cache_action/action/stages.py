@@ -21,7 +21,7 @@ from cache_action.storage.gc import drop_tags
 from cache_action.storage.layout import Layout
 from cache_action.storage.lock import root_lock
 from cache_action.storage.prune import PrunePolicy, prune
-from cache_action.stores.base import RestoreResult, SaveResult, Store
+from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult, Store
 from cache_action.stores.factory import open_store
 from cache_action.stores.snapshot import RESTORED_FILE
 
@@ -36,6 +36,73 @@ def _open_store(inputs: Inputs, env: Mapping[str, str]) -> Store:
         "secret_access_key": inputs.s3_secret_access_key,
     }
     return open_store(inputs.store, env, "store", s3, inputs.github_token or None)
+
+
+Helper = tuple[Any, sibling.ActionContainer]
+
+
+def _store_helper(inputs: Inputs) -> Helper | None:
+    """A `local://` store on the runner host outside the action container's mounts (an NFS
+    mount, a directory kept between jobs) is invisible to this container, and whatever it wrote
+    there would vanish with it (`docker run --rm`): such a store is read and written by a sibling
+    container that mounts the directory. None: this process can use the store directly."""
+    if not inputs.store.startswith("local:///"):
+        return None
+    try:
+        client = sibling.docker_client()
+        me = sibling.inspect_self(client)
+    except RegistryStartError:
+        return None  # not in a container (run outside GitHub): the path is this process's own
+    return None if me.sees(inputs.store.removeprefix("local://")) else (client, me)
+
+
+def _restore_in_sibling(
+    helper: Helper, inputs: Inputs, chains: tuple[tuple[EntryName, ...], ...], layout: Layout
+) -> RestoreResult:
+    """`python -m cache_action restore` with the same chains (every chain lists the same refs)."""
+    refs = [name.ref for name in chains[0]]
+    arguments = ["restore", "--root", sibling.ROOT_IN_REGISTRY, "--store", inputs.store]
+    arguments += ["--namespace", chains[0][0].namespace, "--ref", refs[0], "--strict"]
+    for chain in chains:
+        arguments += ["--scope", chain[0].scope]
+    for ref in refs[1:]:
+        arguments += ["--fallback-ref", ref]
+    document = _json_result(
+        sibling.run_cache_command(*helper, arguments, layout.root, [_path(inputs)])
+    )
+    restored = [EntryInfo(EntryName("", "", ""), str(key), 0.0) for key in document["restored"]]
+    return RestoreResult(
+        hit=HitKind(document["hit"]),
+        restored=restored,
+        blobs_downloaded=int(document["blobs_downloaded"]),
+        bytes_downloaded=int(document["bytes_downloaded"]),
+        tags_dropped=[str(tag) for tag in document["tags_dropped"]],
+        seconds=float(document["seconds"]),
+    )
+
+
+def _save_in_sibling(helper: Helper, inputs: Inputs, name: EntryName, layout: Layout) -> SaveResult:
+    arguments = ["save", "--root", sibling.ROOT_IN_REGISTRY, "--store", inputs.store, "--strict"]
+    arguments += ["--namespace", name.namespace, "--scope", name.scope, "--ref", name.ref]
+    document = _json_result(
+        sibling.run_cache_command(*helper, arguments, layout.root, [_path(inputs)])
+    )
+    fields = SaveResult.__dataclass_fields__
+    return SaveResult(**{key: value for key, value in document.items() if key in fields})
+
+
+def _path(inputs: Inputs) -> str:
+    return inputs.store.removeprefix("local://")
+
+
+def _json_result(output: str) -> dict[str, Any]:
+    try:
+        document = json.loads(output)
+    except ValueError:
+        raise StoreError(f"unexpected output from the store container: {output[-500:]!r}") from None
+    if not isinstance(document, dict):
+        raise StoreError(f"unexpected output from the store container: {output[-500:]!r}")
+    return document
 
 
 def _soft_fail(inputs: Inputs, what: str, error: Exception) -> bool:
@@ -85,9 +152,16 @@ def main(env: Mapping[str, str]) -> int:
         started = time.monotonic()
         result = RestoreResult()
         try:
-            store = _open_store(inputs, env)
-            with root_lock(layout, "restore"):
-                result = store.restore(layout, plan.restore_chains)
+            helper = _store_helper(inputs)
+            if helper is not None:  # the CLI in the sibling takes the root's lock itself
+                result = _restore_in_sibling(helper, inputs, plan.restore_chains, layout)
+            else:
+                store = _open_store(inputs, env)
+                with root_lock(layout, "restore"):
+                    result = store.restore(layout, plan.restore_chains)
+        except InputError as error:  # a store setting the store itself rejects
+            workflow.error(str(error), title=f"Invalid input '{error.name}'")
+            return 1
         except (StoreError, OSError) as error:
             if _soft_fail(inputs, "Restoring the cache failed", error):
                 return 1
@@ -140,10 +214,14 @@ def _outputs(
 
 
 def post(env: Mapping[str, str]) -> int:
-    inputs = _inputs(env)
     state = StageState.load(env)
-    if inputs is None or state is None or not state.root:
+    if state is None or not state.root:
+        # Main failed before it touched anything (e.g. an invalid input, already reported
+        # there): nothing to clean up, and no second annotation for the same problem.
         workflow.info("nothing to do: the main stage did not get as far as the cache")
+        return 0
+    inputs = _inputs(env)
+    if inputs is None:
         return 0
     layout = Layout(state.root)
     problem: str | None = None
@@ -162,9 +240,13 @@ def post(env: Mapping[str, str]) -> int:
     gc_report: dict[str, Any] | None = None
     save_report: dict[str, Any] | None = None
     try:
+        helper = _store_helper(inputs)
         with root_lock(layout, "post"):
             gc_report = _prune(inputs, layout, state)
-            save_report = _save(inputs, env, layout, state)
+            if helper is None:
+                save_report = _save(inputs, env, layout, state, None)
+        if helper is not None:  # the CLI in the sibling takes the root's lock itself
+            save_report = _save(inputs, env, layout, state, helper)
     except (StoreError, OSError, CacheActionError) as error:
         failed = _soft_fail(inputs, "Saving the cache failed", error)
     workflow.append_summary(
@@ -203,7 +285,11 @@ def _prune(inputs: Inputs, layout: Layout, state: StageState) -> dict[str, Any]:
 
 
 def _save(
-    inputs: Inputs, env: Mapping[str, str], layout: Layout, state: StageState
+    inputs: Inputs,
+    env: Mapping[str, str],
+    layout: Layout,
+    state: StageState,
+    helper: Helper | None,
 ) -> dict[str, Any]:
     if inputs.save is SavePolicy.NEVER:
         return SaveResult(skipped_reason="save: never").to_json()
@@ -214,8 +300,11 @@ def _save(
         (layout.meta_dir / RESTORED_FILE).unlink(missing_ok=True)
     with workflow.group("Save the cache"):
         started = time.monotonic()
-        store = _open_store(inputs, env)
-        result = store.save(layout, EntryName(*state.save_to))
+        name = EntryName(*state.save_to)
+        if helper is not None:
+            result = _save_in_sibling(helper, inputs, name, layout)
+        else:
+            result = _open_store(inputs, env).save(layout, name)
         state.seconds["save"] = time.monotonic() - started
         workflow.info(json.dumps(result.to_json()))
         return result.to_json()

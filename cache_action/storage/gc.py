@@ -34,6 +34,7 @@ class GcReport:
     manifests_untracked: list[str] = field(default_factory=list)
     uploads_deleted: int = 0
     missing: list[str] = field(default_factory=list)
+    blob_paths: list[Path] = field(default_factory=list, repr=False)  # deleted (or would be)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,16 +129,25 @@ def missing_closure(blobs: BlobStore, name: str, digest: Digest) -> set[Digest]:
     return marker.missing
 
 
-def collect_garbage(layout: Layout, dry_run: bool = False) -> GcReport:
-    """Mark from every tag, then sweep unreachable blobs, untagged manifests and uploads."""
+def collect_garbage(
+    layout: Layout, dry_run: bool = False, without_tags: Iterable[tuple[str, str]] = ()
+) -> GcReport:
+    """Mark from every tag, then sweep unreachable blobs, untagged manifests and uploads.
+
+    `without_tags` (`(repository, tag)` pairs) are marked as if already untagged: a dry run of
+    a prune reports what dropping them and collecting would delete.
+    """
     indexes = IndexStore(layout)
     blobs = BlobStore(layout, indexes)
     report = GcReport(dry_run=dry_run)
+    ignored = set(without_tags)
     doomed: list[Path] = []
     leftovers: list[Path] = []
     reachable: set[Digest] = set()
     for name in layout.repositories():
-        marker = RepositoryMarker(blobs, name, indexes.read(name) or RepositoryIndex([]))
+        index = indexes.read(name) or RepositoryIndex([])
+        index = RepositoryIndex([e for e in index.manifests if (name, tag_of(e)) not in ignored])
+        marker = RepositoryMarker(blobs, name, index)
         marked = marker.run()
         reachable |= marked
         report.missing += sorted(f"{name}@{d}" for d in marker.missing)
@@ -145,7 +155,9 @@ def collect_garbage(layout: Layout, dry_run: bool = False) -> GcReport:
         doomed += _unmarked_files(layout.repository(name) / "blobs", marked)
         leftovers += _leftovers(layout.repository(name))
     doomed += _unmarked_files(layout.root / "blobs", reachable)
-    report.blobs_deleted = sorted({p.name for p in doomed if not p.name.startswith(".")})
+    leftovers += sorted(layout.meta_dir.glob(".*.tmp"))  # a kill during access.json's write
+    report.blob_paths = [p for p in doomed if not p.name.startswith(".")]
+    report.blobs_deleted = sorted({p.name for p in report.blob_paths})
     doomed += leftovers
     report.bytes_freed = _bytes_freed(doomed)
     uploads = list(layout.uploads_dir.iterdir()) if layout.uploads_dir.is_dir() else []

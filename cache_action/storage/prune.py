@@ -19,15 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cache_action.errors import OCIError
 from cache_action.storage.access import AccessRecord
 from cache_action.storage.blobs import BlobStore
 from cache_action.storage.digests import Digest
-from cache_action.storage.gc import collect_garbage, drop_tags
-from cache_action.storage.index import IndexStore, tag_of
-from cache_action.storage.inventory import take_inventory
+from cache_action.storage.gc import RepositoryMarker, collect_garbage, drop_tags
+from cache_action.storage.index import Descriptor, IndexStore, RepositoryIndex, tag_of
+from cache_action.storage.inventory import blob_files, take_inventory
 from cache_action.storage.layout import Layout
 from cache_action.storage.manifests import MAX_MANIFEST_BYTES, read_manifest
 
@@ -126,17 +127,14 @@ def prune(
         {"tag": f"{repository}:{tag}", "reason": reason}
         for (repository, tag), reason in sorted(doomed.items())
     ]
-    if not policy.dry_run:
-        drop_tags(layout, set(doomed))
-    garbage = collect_garbage(layout, dry_run=policy.dry_run)
     if policy.dry_run:
+        garbage = collect_garbage(layout, dry_run=True, without_tags=doomed)
         report.blobs_removed = len(garbage.blobs_deleted)
-        kept = [t for t in tags if t.key not in doomed]
-        report.bytes_after = (
-            _bytes_kept(kept) if doomed else report.bytes_before - garbage.bytes_freed
-        )
+        report.bytes_after = _bytes_on_disk(layout, excluding=set(garbage.blob_paths))
         report.bytes_freed = report.bytes_before - report.bytes_after
         return report
+    drop_tags(layout, set(doomed))
+    garbage = collect_garbage(layout)
     _forget_removed(layout, doomed)
     report.blobs_removed = len(garbage.blobs_deleted)
     report.bytes_after = take_inventory(layout).bytes
@@ -151,14 +149,30 @@ def _bytes_kept(tags: list[_Tag]) -> int:
     return sum(union.values())
 
 
+def _bytes_on_disk(layout: Layout, excluding: set[Path]) -> int:
+    """What `take_inventory(...).bytes` will say once `excluding` is deleted."""
+    directories = [layout.root / "blobs"]
+    directories += [layout.repository(name) / "blobs" for name in layout.repositories()]
+    links: dict[tuple[int, int], tuple[int, bool]] = {}  # inode → (size, any link kept)
+    for directory in directories:
+        for path in blob_files(directory):
+            info = path.stat()
+            key = (info.st_dev, info.st_ino)
+            kept = path not in excluding or links.get(key, (0, False))[1]
+            links[key] = (info.st_size, kept)
+    return sum(size for size, kept in links.values() if kept)
+
+
 def _tags(layout: Layout, verify: Verify) -> list[_Tag]:
     indexes = IndexStore(layout)
     blobs = BlobStore(layout, indexes)
     access = AccessRecord.load(layout)
+    verified: dict[tuple[str, Digest], bool] = {}
     found = []
     for repository in layout.repositories():
-        index = indexes.read(repository)
-        for entry in index.manifests if index else []:
+        index = indexes.read(repository) or RepositoryIndex([])
+        untagged = [e for e in index.manifests if tag_of(e) is None]
+        for entry in index.manifests:
             name = tag_of(entry)
             if name is None:
                 continue
@@ -169,40 +183,75 @@ def _tags(layout: Layout, verify: Verify) -> list[_Tag]:
                 tag.broken = "invalid digest"
                 found.append(tag)
                 continue
-            _closure(blobs, tag, verify)
+            size = entry.get("size")
+            expected = size if isinstance(size, int) and not isinstance(size, bool) else None
+            has_subject = _closure(blobs, tag, expected, verify, verified)
+            if tag.broken is None and (untagged or has_subject):
+                tag.closure = _held(blobs, tag, entry, untagged)
             tag.last_used = access.tag_time(repository, name) or _mtime(layout, repository, tag)
             found.append(tag)
     return found
 
 
-def _closure(blobs: BlobStore, tag: _Tag, verify: Verify) -> None:
-    """Fill `tag.closure`, or set `tag.broken` to why the tag cannot be served."""
+def _closure(
+    blobs: BlobStore,
+    tag: _Tag,
+    expected_size: int | None,
+    verify: Verify,
+    verified: dict[tuple[str, Digest], bool],
+) -> bool:
+    """Fill `tag.closure` with what serving the tag needs (manifests, configs, layers), or set
+    `tag.broken` to why it cannot be served. Descends into a reference only when its media type
+    says manifest, as gc does. Returns whether a manifest of the closure has a subject."""
     assert tag.digest is not None
-    pending: list[tuple[Digest, int | None]] = [(tag.digest, None)]
+    has_subject = False
+    pending: list[tuple[Digest, int | None, bool]] = [(tag.digest, expected_size, True)]
     while pending:
-        digest, expected = pending.pop()
+        digest, expected, is_manifest = pending.pop()
         if digest in tag.closure:
             continue
         size = blobs.size(tag.repository, digest)
         if size is None:
             tag.broken = f"missing {digest}"
-            return
+            return has_subject
         if expected is not None and size != expected:
             tag.broken = f"{digest} is {size} bytes, its descriptor says {expected}"
-            return
-        if verify is Verify.FULL and not _digest_matches(blobs, tag.repository, digest):
-            tag.broken = f"{digest} fails its digest"
-            return
+            return has_subject
+        if verify is Verify.FULL:
+            key = (tag.repository, digest)
+            if key not in verified:
+                verified[key] = _digest_matches(blobs, tag.repository, digest)
+            if not verified[key]:
+                tag.broken = f"{digest} fails its digest"
+                return has_subject
         tag.closure[digest] = size
-        if size > MAX_MANIFEST_BYTES:
+        if not is_manifest:
             continue
-        manifest = read_manifest(blobs.read(tag.repository, digest) or b"")
+        manifest = None
+        if size <= MAX_MANIFEST_BYTES:
+            manifest = read_manifest(blobs.read(tag.repository, digest) or b"")
         if manifest is None:
-            if digest == tag.digest:
-                tag.broken = f"{digest} is not a manifest"
-                return
-            continue
-        pending += [(r.digest, r.size) for r in manifest.references if not r.external]
+            tag.broken = f"{digest} is not a manifest"
+            return has_subject
+        has_subject = has_subject or manifest.subject is not None
+        pending += [
+            (r.digest, r.size, r.is_manifest) for r in manifest.references if not r.external
+        ]
+    return has_subject
+
+
+def _held(
+    blobs: BlobStore, tag: _Tag, entry: Descriptor, untagged: list[Descriptor]
+) -> dict[Digest, int]:
+    """What gc keeps as long as the tag stays: its closure, the subjects of its manifests and
+    their referrers (untagged manifests whose subject it holds), with their own closures."""
+    marked = RepositoryMarker(blobs, tag.repository, RepositoryIndex([entry, *untagged])).run()
+    held = dict(tag.closure)
+    for digest in marked - held.keys():
+        size = blobs.size(tag.repository, digest)
+        if size is not None:
+            held[digest] = size
+    return held
 
 
 def _digest_matches(blobs: BlobStore, repository: str, digest: Digest) -> bool:

@@ -40,7 +40,8 @@ def open_store(
     if url.startswith("s3://"):
         from cache_action.stores.s3 import S3Backend, S3Settings  # boto3 is slow to import
 
-        settings = S3Settings.from_url(url, s3_options_from_env(env), setting)
+        given = {key: value for key, value in (s3_options or {}).items() if value}
+        settings = S3Settings.from_url(url, {**s3_options_from_env(env), **given}, setting)
         endpoint = settings.endpoint_url
         if endpoint and not endpoint.startswith(("http://", "https://")):
             variable = "S3_ENDPOINT" if env.get("S3_ENDPOINT") else "AWS_ENDPOINT_URL_S3"
