@@ -12,8 +12,9 @@ GHES-style `GITHUB_API_URL=http://host:port/api/v3`; nothing is served outside i
 - Tokens: `tokens` maps a token to "read" or "write" (`permissions: actions: read|write`).
   No or an unknown token → 401 `Bad credentials`; a read token may list and read usage, and
   gets 403 `Resource not accessible by integration` on DELETE, as GITHUB_TOKEN does.
-- `key` is a key prefix, `ref` an exact ref; `per_page` defaults to 30 and is capped at 100;
-  the default order is `last_accessed_at` descending; `Link` headers name the next/last pages.
+- `key` is a key prefix, `ref` an exact ref (ignored with `ignore_ref_filter`, as a server
+  without that filter would); `per_page` defaults to 30 and is capped at 100; the default
+  order is `last_accessed_at` descending; `Link` headers name the next/last pages.
 - Entries are seeded with `add(...)`, and/or come from a `CacheEmulator` (tests/gha_emulator.py)
   the fake is bound to: its finalized entries are listed with their scope as `ref` (that is what
   a cache scope is: the ref the job ran on), and deleting one removes it from the emulator and
@@ -49,7 +50,9 @@ SORTS = ("last_accessed_at", "created_at", "size_in_bytes")
 
 def iso(moment: datetime) -> str:
     """GitHub's timestamp format: `2019-01-24T22:45:36.000Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 @dataclass
@@ -105,6 +108,7 @@ class GitHubRestFake:
     tokens: Mapping[str, str] = field(default_factory=dict)  # token → "read" | "write"
     prefix: str = ""  # "/api/v3" for GHES
     emulator: CacheEmulator | None = None
+    ignore_ref_filter: bool = False  # a server that ignores `ref` (no such filter on old GHES)
     requests: list[RestRequest] = field(default_factory=list)
     epoch: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=UTC))
 
@@ -381,7 +385,8 @@ class _Handler(BaseHTTPRequestHandler):
         if sort not in SORTS or direction not in ("asc", "desc") or per_page < 1 or page < 1:
             self._error(request, 422, "Validation Failed")
             return
-        found = _matching(self.owner.caches(), request.param("key"), request.param("ref"))
+        ref = None if self.owner.ignore_ref_filter else request.param("ref")
+        found = _matching(self.owner.caches(), request.param("key"), ref)
         found.sort(key=lambda entry: (getattr(entry, sort), entry.id), reverse=direction == "desc")
         start = (page - 1) * per_page
         body = {
