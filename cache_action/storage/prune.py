@@ -272,6 +272,24 @@ def _mtime(layout: Layout, repository: str, tag: _Tag) -> float:
 
 
 def _forget_removed(layout: Layout, doomed: dict[tuple[str, str], str]) -> None:
+    """Drop the record's entries of dropped tags and of blobs and manifests gc deleted, so the
+    record does not grow with every blob ever pushed."""
     access = AccessRecord.load(layout)
     access.forget("tags", {f"{repository}:{tag}" for repository, tag in doomed})
+    access.forget("blobs", {key for key in access.times["blobs"] if not _exists(layout, key)})
+    access.forget(
+        "manifests", {key for key in access.times["manifests"] if not _exists(layout, key)}
+    )
     access.flush()
+
+
+def _exists(layout: Layout, key: str) -> bool:
+    """Whether the pool holds `digest`, or the repository `repo@digest`; an unparsable key
+    names nothing that exists."""
+    repository, _, text = key.rpartition("@")
+    try:
+        digest = Digest.parse(text)
+    except OCIError:
+        return False
+    path = layout.repo_blob(repository, digest) if repository else layout.pool_blob(digest)
+    return path.is_file()
