@@ -4,12 +4,15 @@ environment variables: restore at start, serve, save periodically and at shutdow
     BUILDKIT_CACHE_REPO   the store: local:///cache/store (default) or s3://BUCKET/PREFIX
     STORAGE_BACKEND       local or s3 (with S3_BUCKET/S3_PREFIX when BUILDKIT_CACHE_REPO is unset)
     CACHE_MODE            min or max: the mode to use in cache-to (printed in the usage hint)
-    CACHE_TTL             drop tags unused for this long (e.g. 7d), at save time
+    CACHE_TTL             drop tags unused for this long (e.g. 7d), before each save
+    CACHE_MAX_SIZE        size budget (e.g. 20GB): least recently used tags go first
     CACHE_ROOT            the registry's directory (default /cache/registry)
     CACHE_LISTEN          HOST:PORT (default 127.0.0.1:5000; the image sets 0.0.0.0:5000)
     CACHE_ALLOW_REMOTE    true to allow a non-loopback CACHE_LISTEN (set by the image)
-    CACHE_SAVE_INTERVAL   how often to save while serving (default 10m; 0 for shutdown only)
+    CACHE_SAVE_INTERVAL   how often to prune and save while serving (default 10m; 0: at
+                          shutdown only). Requests wait while a prune runs (a second or two).
     CACHE_NAMESPACE, CACHE_SCOPE, CACHE_REF   the entry name (service, default, main)
+    CACHE_READY_FILE      written once listening (default /run/cache-action/ready.json)
     S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION   S3 settings (else the AWS chain)
 """
 
@@ -17,22 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cache_action.errors import InputError, StoreError
+from cache_action.registry.context import Registry
 from cache_action.registry.server import ServeConfig, parse_listen, serve
 from cache_action.scopes import EntryName, normalize_ref, validate_token
-from cache_action.storage.gc import collect_garbage
+from cache_action.storage.digests import Digest
 from cache_action.storage.lock import root_lock
+from cache_action.storage.prune import PrunePolicy, prune
 from cache_action.storage.root import Storage
 from cache_action.stores.base import Store
 from cache_action.stores.factory import open_store
-from cache_action.units import parse_duration
+from cache_action.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 READY_FILE = Path("/run/cache-action/ready.json")
+RECENT_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class ServiceConfig:
     port: int
     mode: str
     ttl_seconds: float | None
+    max_size_bytes: int | None
     save_interval: float | None
     entry: EntryName
 
@@ -62,6 +70,7 @@ class ServiceConfig:
             port=port,
             mode=mode,
             ttl_seconds=parse_duration("CACHE_TTL", env.get("CACHE_TTL", "7d")),
+            max_size_bytes=parse_size("CACHE_MAX_SIZE", env.get("CACHE_MAX_SIZE", "")),
             save_interval=parse_duration(
                 "CACHE_SAVE_INTERVAL", env.get("CACHE_SAVE_INTERVAL", "10m")
             ),
@@ -106,20 +115,57 @@ def run_service(env: Mapping[str, str]) -> int:
         config.mode,
     )
 
-    async def save_periodically(storage: Storage) -> None:
+    async def maintain_periodically(registry: Registry) -> None:
         if config.save_interval is None:
             return
         while True:
             await asyncio.sleep(config.save_interval)
-            await asyncio.to_thread(_save, store, storage, config.entry)
+            await _prune_while_serving(registry, config)
+            await asyncio.to_thread(_save, store, registry.storage, config.entry)
 
-    async def save_at_shutdown(storage: Storage) -> None:
-        collect_garbage(storage.layout)
-        _save(store, storage, config.entry)
+    async def prune_and_save_at_shutdown(registry: Registry) -> None:
+        _prune(registry.storage, _policy(config, serving=False))
+        _save(store, registry.storage, config.entry)
 
-    serve_config = ServeConfig(config.root, config.host, config.port, READY_FILE)
-    asyncio.run(serve(serve_config, save_periodically, save_at_shutdown))
+    ready_file = Path(env.get("CACHE_READY_FILE", str(READY_FILE)))
+    serve_config = ServeConfig(config.root, config.host, config.port, ready_file)
+    asyncio.run(serve(serve_config, maintain_periodically, prune_and_save_at_shutdown))
     return 0
+
+
+def _policy(
+    config: ServiceConfig, serving: bool, spare: frozenset[Digest] = frozenset()
+) -> PrunePolicy:
+    now = time.time()
+    return PrunePolicy(
+        ttl_seconds=config.ttl_seconds,
+        max_size_bytes=config.max_size_bytes,
+        protect_since=now - RECENT_SECONDS,  # what builds used in the last hour stays
+        spare=spare,
+        serving=serving,
+    )
+
+
+async def _prune_while_serving(registry: Registry, config: ServiceConfig) -> None:
+    """Requests wait a moment; blobs clients touched lately are spared even when unreachable
+    (a manifest naming them may be on its way)."""
+    await registry.pause()
+    try:
+        access = registry.storage.access
+        access.flush()
+        cutoff = time.time() - RECENT_SECONDS
+        spare = frozenset(Digest.parse(d) for d, t in access.times["blobs"].items() if t >= cutoff)
+        await asyncio.to_thread(_prune, registry.storage, _policy(config, True, spare))
+    finally:
+        registry.resume()
+
+
+def _prune(storage: Storage, policy: PrunePolicy) -> None:
+    try:
+        report = prune(storage.layout, policy)
+        log.info("pruned: %s", report.to_json())
+    except OSError as error:
+        log.warning("prune failed: %s", error)
 
 
 def _save(store: Store, storage: Storage, entry: EntryName) -> None:

@@ -53,7 +53,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     """Every failure leaves as a spec error body; nothing unexpected leaks a traceback."""
     registry = registry_of(request)
     registry.stats.requests += 1
-    registry.request_started()
+    await registry.admit()
     try:
         return await handler(request)
     except OCIError as error:

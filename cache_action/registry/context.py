@@ -19,6 +19,24 @@ class Registry:
     stats: RunStats = field(default_factory=RunStats)
     in_flight: int = 0  # requests being handled: shutdown waits for them
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    open: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while maintenance runs
+
+    def __post_init__(self) -> None:
+        self.open.set()
+        self.idle.set()
+
+    async def admit(self) -> None:
+        """Wait while maintenance runs, then count the request as in flight."""
+        await self.open.wait()
+        self.request_started()
+
+    async def pause(self) -> None:
+        """Hold new requests and wait for those in flight: maintenance may then touch the root."""
+        self.open.clear()
+        await self.idle.wait()
+
+    def resume(self) -> None:
+        self.open.set()
 
     def request_started(self) -> None:
         self.in_flight += 1

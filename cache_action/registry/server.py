@@ -67,7 +67,7 @@ def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int]:
     return str(address), int(port_text)
 
 
-Hook = Callable[[Storage], Coroutine[Any, Any, None]]
+Hook = Callable[[Registry], Coroutine[Any, Any, None]]
 
 
 async def serve(
@@ -99,7 +99,7 @@ async def serve(
                 _write_ready_file(config.ready_file, address)
             tasks = [asyncio.create_task(_housekeeping(storage))]
             if periodic is not None:
-                tasks.append(asyncio.create_task(periodic(storage)))
+                tasks.append(asyncio.create_task(periodic(app[REGISTRY])))
             await stop.wait()
             for task in tasks:
                 task.cancel()
@@ -111,7 +111,7 @@ async def serve(
             if config.ready_file is not None:
                 config.ready_file.unlink(missing_ok=True)
         if on_stopped is not None:
-            await on_stopped(storage)
+            await on_stopped(app[REGISTRY])
 
 
 async def _drain(registry: Registry) -> None:

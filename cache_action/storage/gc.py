@@ -130,12 +130,18 @@ def missing_closure(blobs: BlobStore, name: str, digest: Digest) -> set[Digest]:
 
 
 def collect_garbage(
-    layout: Layout, dry_run: bool = False, without_tags: Iterable[tuple[str, str]] = ()
+    layout: Layout,
+    dry_run: bool = False,
+    without_tags: Iterable[tuple[str, str]] = (),
+    spare: frozenset[Digest] = frozenset(),
+    serving: bool = False,
 ) -> GcReport:
     """Mark from every tag, then sweep unreachable blobs, untagged manifests and uploads.
 
     `without_tags` (`(repository, tag)` pairs) are marked as if already untagged: a dry run of
-    a prune reports what dropping them and collecting would delete.
+    a prune reports what dropping them and collecting would delete. While the registry is
+    serving (`serving`, requests paused), uploads in progress stay, and so do `spare` blobs:
+    ones a client touched lately may be named by a manifest it is about to push.
     """
     indexes = IndexStore(layout)
     blobs = BlobStore(layout, indexes)
@@ -148,7 +154,7 @@ def collect_garbage(
         index = indexes.read(name) or RepositoryIndex([])
         index = RepositoryIndex([e for e in index.manifests if (name, tag_of(e)) not in ignored])
         marker = RepositoryMarker(blobs, name, index)
-        marked = marker.run()
+        marked = marker.run() | spare
         reachable |= marked
         report.missing += sorted(f"{name}@{d}" for d in marker.missing)
         report.manifests_untracked += _untrack_unreachable(indexes, name, marked, dry_run)
@@ -160,7 +166,9 @@ def collect_garbage(
     report.blobs_deleted = sorted({p.name for p in report.blob_paths})
     doomed += leftovers
     report.bytes_freed = _bytes_freed(doomed)
-    uploads = list(layout.uploads_dir.iterdir()) if layout.uploads_dir.is_dir() else []
+    uploads = (
+        [] if serving or not layout.uploads_dir.is_dir() else list(layout.uploads_dir.iterdir())
+    )
     report.uploads_deleted = len(uploads)
     if not dry_run:
         for path in doomed + uploads:

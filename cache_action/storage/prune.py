@@ -46,6 +46,8 @@ class PrunePolicy:
     verify: Verify = Verify.SIZE
     protect_since: float | None = None  # tags used at or after this time are never dropped
     dry_run: bool = False
+    spare: frozenset[Digest] = frozenset()  # blobs kept even when unreachable (see collect_garbage)
+    serving: bool = False  # the registry is up (requests paused): leave its uploads alone
 
 
 @dataclass
@@ -89,7 +91,8 @@ class _Tag:
 def prune(
     layout: Layout, policy: PrunePolicy, clock: Callable[[], float] = time.time
 ) -> PruneReport:
-    """Apply `policy` to the root (hold the root lock: the registry must not be serving)."""
+    """Apply `policy` to the root: with the root lock held and the registry stopped, or from
+    inside the registry with requests paused and `policy.serving` set."""
     now = clock()
     report = PruneReport(dry_run=policy.dry_run)
     report.bytes_before = take_inventory(layout).bytes
@@ -134,7 +137,7 @@ def prune(
         report.bytes_freed = report.bytes_before - report.bytes_after
         return report
     drop_tags(layout, set(doomed))
-    garbage = collect_garbage(layout)
+    garbage = collect_garbage(layout, spare=policy.spare, serving=policy.serving)
     _forget_removed(layout, doomed)
     report.blobs_removed = len(garbage.blobs_deleted)
     report.bytes_after = take_inventory(layout).bytes
