@@ -699,3 +699,20 @@ def test_cli_with_a_dead_cache_service_warns_and_goes_on(tmp_path: Path, job_roo
     assert "Traceback" not in restore.stderr + strict.stderr + save.stderr
     assert tree(empty) == tree(empty_strict) == {}
     assert_no_secrets(env, restore, strict, save)
+
+
+def test_a_save_warns_when_the_repository_cache_is_nearly_full(
+    emulator: CacheEmulator, job_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cache_action.stores.gha.store as gha_store
+
+    with GitHubRestFake(tokens=REST_TOKENS, emulator=emulator) as rest:
+        roomy = make_store(emulator, "1-1", rest=rest).save(Layout(job_root), name("app"))
+        assert roomy.saved and roomy.warnings == []  # KBs of a 10 GB allowance
+        usage = sum(entry.size_in_bytes for entry in rest.caches())
+        monkeypatch.setattr(gha_store, "REPOSITORY_LIMIT", int(usage * 1.1))
+        full = make_store(emulator, "2-1", rest=rest).save(Layout(job_root), name("other"))
+    assert full.saved
+    (warning,) = full.warnings
+    assert "GB" in warning and "max-size" in warning
+    assert rest.requests_of("GET", "/actions/cache/usage")

@@ -307,4 +307,6 @@ def _save(
             result = _open_store(inputs, env).save(layout, name)
         state.seconds["save"] = time.monotonic() - started
         workflow.info(json.dumps(result.to_json()))
+        for text in result.warnings:
+            workflow.warning(text, title="BuildKit cache")
         return result.to_json()

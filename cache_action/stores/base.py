@@ -62,6 +62,7 @@ class SaveResult:
     bytes_uploaded: int = 0
     skipped_reason: str | None = None
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # for the user (e.g. quota nearly used)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class SaveResult:
             "bytes_uploaded": self.bytes_uploaded,
             "skipped_reason": self.skipped_reason,
             "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
         }
 
 

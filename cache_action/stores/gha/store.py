@@ -48,6 +48,8 @@ from cache_action.stores.snapshot import (
 log = logging.getLogger(__name__)
 
 PATH_LABEL = ".buildkit-cache"
+REPOSITORY_LIMIT = 10 * 1000**3  # GitHub's default per-repository cache allowance
+QUOTA_WARNING_SHARE = 0.8
 NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json")
 SAVED_FILE = "saved.json"  # {"created_at": seconds, "key": ...}: archived, read on restore
 
@@ -178,6 +180,25 @@ class GhaStore:
         result.key = key
         result.blobs_uploaded = len(snapshot.blobs)
         self._delete_superseded(name, key)
+        self._check_quota(result)
+
+    def _check_quota(self, result: SaveResult) -> None:
+        """Warn before GitHub starts evicting: past the limit it deletes least recently used
+        entries of the whole repository, ours and everyone else's."""
+        if self.management is None:
+            return
+        try:
+            usage = self.management.usage()
+        except Exception as error:
+            log.info("cache usage unavailable: %s", error)
+            return
+        if usage is not None and usage.active_bytes >= QUOTA_WARNING_SHARE * REPOSITORY_LIMIT:
+            result.warnings.append(
+                f"this repository's Actions caches use {usage.active_bytes / 1e9:.1f} GB "
+                f"({usage.active_count} entries) of the usual {REPOSITORY_LIMIT / 1e9:.0f} GB "
+                "limit; GitHub evicts the least recently used entries beyond it. Lower max-size, "
+                "or raise the repository's cache limit."
+            )
 
     def _delete_superseded(self, name: EntryName, key: str) -> None:
         if self.management is None or not self.github_ref:
