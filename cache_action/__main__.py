@@ -14,9 +14,8 @@ from pathlib import Path
 
 from cache_action import __version__
 from cache_action.errors import CacheActionError, InputError
-from cache_action.registry.server import ServeConfig, parse_listen, serve
+from cache_action.registry import READY_FILE
 from cache_action.scopes import EntryName, normalize_ref, validate_token
-from cache_action.service import READY_FILE, run_service
 from cache_action.storage.access import read_stats
 from cache_action.storage.gc import collect_garbage
 from cache_action.storage.inventory import take_inventory
@@ -113,9 +112,12 @@ def _run(args: argparse.Namespace) -> int:
         return _transfer(args)
     if args.command == "health":
         return health(args.ready_file)
-    if args.command == "serve" and args.root is None:
-        return run_service(os.environ)
-    if args.command == "serve":
+    if args.command == "serve":  # aiohttp is imported only here: other commands start faster
+        from cache_action.registry.server import ServeConfig, parse_listen, serve
+        from cache_action.service import run_service
+
+        if args.root is None:
+            return run_service(os.environ)
         host, port = parse_listen(args.listen, args.allow_remote)
         config = ServeConfig(args.root, host, port, args.ready_file, args.log_requests)
         asyncio.run(serve(config))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_action.errors import InputError, StoreError
+from cache_action.registry import READY_FILE
 from cache_action.registry.context import Registry
 from cache_action.registry.server import ServeConfig, parse_listen, serve
 from cache_action.scopes import EntryName, normalize_ref, validate_token
@@ -38,7 +39,6 @@ from cache_action.stores.factory import open_store
 from cache_action.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
-READY_FILE = Path("/run/cache-action/ready.json")
 RECENT_SECONDS = 3600.0
 
 
