@@ -129,13 +129,12 @@ def start_registry(
         command += ["--listen", f"127.0.0.1:{port}"]
         options["network_mode"] = "host"
     try:
-        container = client.containers.run(
-            me.image_id,
+        container = _run_sibling(
+            client,
+            me,
             command,
-            entrypoint=["python3", "-m", "cache_action"],
+            volumes,
             name=name,
-            detach=True,
-            volumes=volumes,
             labels={LABEL: "true", f"{LABEL}.port": str(port)},
             **options,
         )
@@ -144,6 +143,20 @@ def start_registry(
     _wait_ready(container, ready, timeout)
     network_address = f"{name}:{port}" if me.job_network else None
     return RegistryContainer(container.id, f"127.0.0.1:{port}", network_address)
+
+
+def _run_sibling(
+    client: Any, me: ActionContainer, arguments: list[str], volumes: dict[str, Any], **options: Any
+) -> Any:
+    """`python -m cache_action ARGUMENTS`, detached, from the action's own image."""
+    return client.containers.run(
+        me.image_id,
+        arguments,
+        entrypoint=["python3", "-m", "cache_action"],
+        detach=True,
+        volumes=volumes,
+        **options,
+    )
 
 
 def _remove_stale(client: Any, name: str) -> None:
@@ -206,14 +219,8 @@ def run_cache_command(
     volumes = {me.host_path(root): {"bind": ROOT_IN_REGISTRY, "mode": "rw"}}
     volumes.update({d: {"bind": d, "mode": "rw"} for d in host_dirs})
     try:
-        container = client.containers.run(
-            me.image_id,
-            arguments,
-            entrypoint=["python3", "-m", "cache_action"],
-            detach=True,
-            volumes=volumes,
-            network_mode="none",
-            labels={LABEL: "store"},
+        container = _run_sibling(
+            client, me, arguments, volumes, network_mode="none", labels={LABEL: "store"}
         )
     except DockerException as error:
         raise StoreError(f"cannot start a container to reach the store: {error}") from None

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from cache_action.errors import StoreError
 
+# What the service's messages start with or contain, on both protocols.
+WRITE_DENIED = "cache write denied:"
+READ_DENIED = "cache read denied:"
+USAGE_EXHAUSTED = "insufficient usage"
+
 
 class GhaCacheError(StoreError):
     """The cache service or a transfer failed; caching is best effort, so callers warn."""

@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import (
+    READ_DENIED,
+    WRITE_DENIED,
     EntryExistsError,
     GhaCacheError,
     QuotaError,
@@ -40,8 +42,6 @@ from cache_action.stores.gha.transport import (
 log = logging.getLogger("cache_action.stores.gha")
 
 ACCEPT = "application/json;api-version=6.0-preview.1"
-WRITE_DENIED = "cache write denied:"
-READ_DENIED = "cache read denied:"
 MiB = 1024 * 1024
 
 

@@ -16,6 +16,9 @@ from urllib.parse import urljoin
 
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import (
+    READ_DENIED,
+    USAGE_EXHAUSTED,
+    WRITE_DENIED,
     EntryExistsError,
     GhaCacheError,
     QuotaError,
@@ -35,9 +38,6 @@ from cache_action.stores.gha.transport import (
 log = logging.getLogger("cache_action.stores.gha")
 
 SERVICE = "github.actions.results.api.v1.CacheService"
-WRITE_DENIED = "cache write denied:"
-READ_DENIED = "cache read denied:"
-USAGE_EXHAUSTED = "insufficient usage"
 
 
 class TwirpError(GhaCacheError):
