@@ -50,6 +50,7 @@ from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.transfer import TransferOptions
 from cache_action.stores.gha.transport import RetryPolicy
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from tests.http_fake import serve_in_thread, shut_down
 
 TWIRP_PREFIX = "/twirp/github.actions.results.api.v1.CacheService/"
 V1_ACCEPT = "application/json;api-version=6.0-preview.1"
@@ -143,7 +144,6 @@ class CacheEmulator:
         self._next_id = 1
         self._sequence = 0
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._service = BlobServiceClient.from_connection_string(azurite.connection_string)
         self.v1_prefix = f"/{uuid.uuid4().hex[:8]}/"
 
@@ -156,16 +156,11 @@ class CacheEmulator:
         class Handler(_Handler):
             owner = emulator
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = serve_in_thread(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        shut_down(self._server)
         with contextlib.suppress(ResourceNotFoundError):
             self._service.delete_container(self.container)
 

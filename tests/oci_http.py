@@ -180,3 +180,17 @@ def raw_request(
         return RawResponse(response.status, response.headers, response.read())
     finally:
         connection.close()
+
+
+# The counters of GET /_cache/stats and stats.json.
+COUNTERS = (
+    "requests",
+    "manifest_hits",
+    "manifest_misses",
+    "blob_hits",
+    "blob_misses",
+    "blobs_pushed",
+    "manifests_pushed",
+    "bytes_in",
+    "bytes_out",
+)

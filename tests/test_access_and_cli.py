@@ -25,18 +25,7 @@ from tests.buildkit_client import (
     sha256,
 )
 from tests.conftest import RegistryProcess
-
-COUNTERS = (
-    "requests",
-    "manifest_hits",
-    "manifest_misses",
-    "blob_hits",
-    "blob_misses",
-    "blobs_pushed",
-    "manifests_pushed",
-    "bytes_in",
-    "bytes_out",
-)
+from tests.oci_http import COUNTERS
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

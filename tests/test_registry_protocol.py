@@ -19,6 +19,7 @@ from tests.conftest import RegistryProcess
 from tests.oci_http import (
     API_VERSION,
     BUILDKIT_CACHE_CONFIG,
+    COUNTERS,
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_LIST,
@@ -1240,18 +1241,6 @@ def test_delete_on_manifests_endpoint_never_deletes_a_layer(url: str) -> None:
 
 
 # --- /_cache/stats -------------------------------------------------------------------------
-
-COUNTERS = (
-    "requests",
-    "manifest_hits",
-    "manifest_misses",
-    "blob_hits",
-    "blob_misses",
-    "blobs_pushed",
-    "manifests_pushed",
-    "bytes_in",
-    "bytes_out",
-)
 
 
 def _counters(url: str) -> dict[str, int]:
