@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from cache_action.errors import InputError
-from cache_action.stores.gha.archive import create_archive, extract_archive
+from cache_action.stores.gha.archive import create_archive
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import (
@@ -30,6 +30,7 @@ from cache_action.stores.gha.errors import (
     UnsafeArchiveError,
     WriteDeniedError,
 )
+from cache_action.stores.gha.extract import extract_archive
 from cache_action.stores.gha.keys import validate_keys
 from cache_action.stores.gha.legacy import LegacyCacheService
 from cache_action.stores.gha.redact import redact, url_secrets

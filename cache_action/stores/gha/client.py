@@ -18,9 +18,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cache_action.stores.gha.archive import ArchiveStats, extract_archive
+from cache_action.stores.gha.archive import ArchiveStats
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
+from cache_action.stores.gha.extract import extract_archive
 from cache_action.stores.gha.keys import validate_key, validate_keys
 from cache_action.stores.gha.legacy import LegacyCacheService
 from cache_action.stores.gha.service import CacheService, Match, UploadTarget

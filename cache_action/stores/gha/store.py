@@ -31,9 +31,10 @@ from cache_action.storage.digests import Digest
 from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import META_DIR, Layout
 from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult
-from cache_action.stores.gha.archive import create_archive, extract_archive
+from cache_action.stores.gha.archive import create_archive
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
+from cache_action.stores.gha.extract import extract_archive
 from cache_action.stores.gha.service import Match
 from cache_action.stores.gha_management import CacheManagement
 from cache_action.stores.snapshot import (

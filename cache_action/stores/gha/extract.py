@@ -1,0 +1,351 @@
+"""Safe extraction of cache archives (see `archive.py` for the format).
+
+`extract_archive` is the safe inverse, for archives we or actions/cache made:
+- the zstd stream is checked to end with a complete frame before anything is written
+  (python-zstandard's reader silently stops at a truncated frame), and its checksum is verified;
+- members with absolute names or `..` components, devices, FIFOs and other specials are
+  rejected; so is a member whose path passes through a symlink, a hard link to anything but an
+  earlier member, and a symlink that resolves outside the destination;
+- everything is written into a staging directory inside the destination, and moved into place
+  (merged with what is there, as tar overwrites) only once the whole archive has extracted.
+  Any error leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import struct
+import tarfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from cache_action.stores.gha.archive import ArchiveStats, MiB
+from cache_action.stores.gha.errors import GhaCacheError, UnsafeArchiveError
+
+log = logging.getLogger("cache_action.stores.gha")
+
+STAGING_PREFIX = ".cache-action-extract-"
+
+
+# --- verify -------------------------------------------------------------------------------
+
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE_MASK = 0xFFFFFFF0
+_SKIPPABLE_MAGIC = 0x184D2A50
+
+
+def check_zstd_complete(archive: Path) -> None:
+    """Walk the zstd frame and block headers: every frame must end with its last block (and
+    checksum), and the file must end exactly there. Cheap: reads 3 bytes per 128 KiB block."""
+    size = archive.stat().st_size
+    with open(archive, "rb") as fh:
+        if size == 0:
+            raise GhaCacheError(f"{archive.name} is empty, not a zstd archive")
+        position = 0
+        while position < size:
+            position = _check_frame(fh, position, size, archive.name)
+
+
+def _check_frame(fh: IO[bytes], position: int, size: int, name: str) -> int:
+    def read(count: int) -> bytes:
+        nonlocal position
+        fh.seek(position)
+        data = fh.read(count)
+        if len(data) != count:
+            raise GhaCacheError(f"{name} is truncated (a zstd frame ends at byte {size})")
+        position += count
+        return data
+
+    (magic,) = struct.unpack("<I", read(4))
+    if magic & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
+        (length,) = struct.unpack("<I", read(4))
+        position += length
+        if position > size:
+            raise GhaCacheError(f"{name} is truncated (in a skippable zstd frame)")
+        return position
+    if magic != _ZSTD_MAGIC:
+        raise GhaCacheError(
+            f"{name} is not a zstd archive (bad frame magic at byte {position - 4})"
+        )
+    descriptor = read(1)[0]
+    fcs_flag, single_segment = descriptor >> 6, (descriptor >> 5) & 1
+    checksum, dict_flag = (descriptor >> 2) & 1, descriptor & 3
+    if (descriptor >> 3) & 1:
+        raise GhaCacheError(f"{name} is not a valid zstd archive (reserved bit set)")
+    header_rest = (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    header_rest += (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    read(header_rest) if header_rest else None
+    while True:
+        block = int.from_bytes(read(3), "little")
+        last, kind, block_size = block & 1, (block >> 1) & 3, block >> 3
+        if kind == 3:
+            raise GhaCacheError(f"{name} is not a valid zstd archive (reserved block type)")
+        position += 1 if kind == 1 else block_size
+        if position > size:
+            raise GhaCacheError(f"{name} is truncated (a zstd block ends past byte {size})")
+        if last:
+            break
+    if checksum:
+        read(4)
+    return position
+
+
+# --- extract ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Extraction:
+    staging: Path
+    known_dirs: set[str] = field(default_factory=lambda: {""})
+    links_ok: set[str] = field(default_factory=set)  # members a hard link may point at
+    symlinks: list[str] = field(default_factory=list)
+    dirs: dict[str, tuple[int, float]] = field(default_factory=dict)  # mode, mtime
+    members: int = 0
+    bytes_out: int = 0
+
+
+def extract_archive(
+    archive: Path, dest: Path, *, owner: tuple[int, int] | None = None
+) -> ArchiveStats:
+    """Safely extract `archive` into `dest` (created if missing); see the module docstring.
+
+    `owner=(uid, gid)` gives every extracted entry that owner (a container action running as
+    root restoring into the runner user's workspace); by default entries belong to us."""
+    check_zstd_complete(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = dest / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    staging.mkdir(mode=0o700)
+    state = _Extraction(staging)
+    try:
+        with open(archive, "rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                raw, read_size=MiB, read_across_frames=True, closefd=False
+            )
+            # tarfile's own stream mode ("r|") re-joins its buffer on every read and takes
+            # twice as long; a forward-only seekable reader lets it run in "r:" mode.
+            buffered = io.BufferedReader(_ForwardReader(reader), MiB)
+            with tarfile.open(fileobj=buffered, mode="r:") as tar:
+                members: list[tarfile.TarInfo] = vars(tar)["members"]
+                while (member := tar.next()) is not None:
+                    _extract_member(tar, member, state)
+                    members.clear()  # tarfile would keep every header in memory
+        _check_symlinks(state, dest)
+        if owner is not None:
+            _chown_tree(staging, owner)
+        _merge(staging, dest)
+        _apply_dir_metadata(dest, state.dirs)
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as error:
+        raise GhaCacheError(f"{archive.name} is not a valid cache archive: {error}") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("extracted %d members (%d bytes) into %s", state.members, state.bytes_out, dest)
+    return ArchiveStats(
+        members=state.members, bytes_in=state.bytes_out, size=archive.stat().st_size
+    )
+
+
+class _ForwardReader(io.RawIOBase):
+    """A decompressed stream that tarfile may `seek` forward in (skipping data it does not
+    read, padding); a backward seek is an error."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._source.readinto(buffer)  # type: ignore[attr-defined]
+        self._position += count
+        return int(count)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._position + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self._position:
+            raise io.UnsupportedOperation("the archive stream can only seek forward")
+        while self._position < target:
+            skipped = self._source.read(min(MiB, target - self._position))
+            if not skipped:
+                break
+            self._position += len(skipped)
+        return self._position
+
+
+def member_path(name: str) -> str:
+    """The member's path relative to the destination ('' for the destination itself), or
+    UnsafeArchiveError for absolute names and `..` components."""
+    if not name or "\x00" in name:
+        raise UnsafeArchiveError(f"archive member {name!r} has an empty or invalid name")
+    if name.startswith("/"):
+        raise UnsafeArchiveError(f"archive member {name!r} has an absolute name")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"archive member {name!r} has a `..` component")
+    return "/".join(parts)
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, state: _Extraction) -> None:
+    rel = member_path(member.name)
+    state.members += 1
+    if rel == "":
+        if not member.isdir():
+            raise UnsafeArchiveError(
+                f"archive member {member.name!r} would replace the destination"
+            )
+        return  # the destination's own metadata stays as it is
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        kind = "device" if member.isdev() else "FIFO" if member.isfifo() else "special file"
+        raise UnsafeArchiveError(f"archive member {member.name!r} is a {kind}")
+    _ensure_dir(state, rel.rpartition("/")[0], member.name)
+    target = state.staging / rel
+    if member.isdir():
+        existing = _lstat(target)
+        if existing is None:
+            os.mkdir(target, 0o700)
+        elif not stat.S_ISDIR(existing.st_mode):
+            raise UnsafeArchiveError(f"archive member {member.name!r} replaces a non-directory")
+        state.known_dirs.add(rel)
+        state.dirs[rel] = (member.mode & 0o7777, member.mtime)
+        return
+    _clear(target, member.name)
+    if member.isreg():
+        source = tar.extractfile(member)
+        assert source is not None
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            written = 0
+            while chunk := source.read(MiB):
+                os.write(fd, chunk)
+                written += len(chunk)
+            if written != member.size:
+                raise GhaCacheError(f"archive member {member.name!r} is truncated")
+            os.fchmod(fd, member.mode & 0o777)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+        state.bytes_out += written
+        state.links_ok.add(rel)
+    elif member.issym():
+        os.symlink(member.linkname, target)
+        os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+        state.symlinks.append(rel)
+        state.links_ok.add(rel)
+    else:  # hard link to an earlier member of this archive
+        source_rel = member_path(member.linkname)
+        if source_rel not in state.links_ok:
+            raise UnsafeArchiveError(
+                f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
+                "which is not an earlier file of the archive"
+            )
+        os.link(state.staging / source_rel, target, follow_symlinks=False)
+        state.links_ok.add(rel)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _ensure_dir(state: _Extraction, rel: str, member: str) -> None:
+    """Create the member's parent directories; none of them may be a symlink."""
+    if rel in state.known_dirs:
+        return
+    parent, _, _ = rel.rpartition("/")
+    _ensure_dir(state, parent, member)
+    path = state.staging / rel
+    existing = _lstat(path)
+    if existing is None:
+        os.mkdir(path, 0o755)  # a parent the archive does not list: tar's default mode
+    elif stat.S_ISLNK(existing.st_mode):
+        raise UnsafeArchiveError(
+            f"archive member {member!r} would be written through symlink {rel!r}"
+        )
+    elif not stat.S_ISDIR(existing.st_mode):
+        raise UnsafeArchiveError(f"archive member {member!r} needs {rel!r} to be a directory")
+    state.known_dirs.add(rel)
+
+
+def _clear(target: Path, member: str) -> None:
+    """A later member of the same name replaces an earlier one, as tar does; never a dir."""
+    existing = _lstat(target)
+    if existing is None:
+        return
+    if stat.S_ISDIR(existing.st_mode):
+        raise UnsafeArchiveError(f"archive member {member!r} would replace a directory")
+    os.unlink(target)
+
+
+def _check_symlinks(state: _Extraction, dest: Path) -> None:
+    """Each symlink, resolved with the whole tree in place, must stay inside the tree. An
+    absolute target is accepted only when it names a path inside `dest` itself."""
+    root = os.path.realpath(state.staging)
+    dest_real = os.path.realpath(dest)
+    for rel in state.symlinks:
+        link = state.staging / rel
+        target = os.readlink(link)
+        if os.path.isabs(target):
+            inside = posixpath.normpath(target)
+            if not (inside == dest_real or inside.startswith(dest_real + "/")):
+                raise UnsafeArchiveError(
+                    f"symlink {rel!r} points outside the destination: {target!r}"
+                )
+            resolved = os.path.realpath(os.path.join(root, os.path.relpath(inside, dest_real)))
+        else:
+            resolved = os.path.realpath(link)
+        if not (resolved == root or resolved.startswith(root + "/")):
+            raise UnsafeArchiveError(f"symlink {rel!r} points outside the destination: {target!r}")
+
+
+def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
+    uid, gid = owner
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(directory, name), uid, gid)
+
+
+def _merge(staging: Path, dest: Path) -> None:
+    """Move the staged tree into `dest`: new names are renamed in, directories that exist on
+    both sides are merged, anything else at a staged name is replaced."""
+    for entry in sorted(os.listdir(staging)):
+        source = staging / entry
+        target = dest / entry
+        source_st = os.lstat(source)
+        target_st = _lstat(target)
+        if target_st is None:
+            os.rename(source, target)
+        elif stat.S_ISDIR(source_st.st_mode) and stat.S_ISDIR(target_st.st_mode):
+            _merge(source, target)
+        else:
+            if stat.S_ISDIR(target_st.st_mode):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+            os.rename(source, target)
+
+
+def _apply_dir_metadata(dest: Path, dirs: dict[str, tuple[int, float]]) -> None:
+    """Directory modes and times last, deepest first, as tar delays them."""
+    for rel in sorted(dirs, key=lambda item: item.count("/"), reverse=True):
+        mode, mtime = dirs[rel]
+        path = dest / rel
+        os.chmod(path, mode, follow_symlinks=False)
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
