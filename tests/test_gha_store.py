@@ -14,13 +14,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zstandard
@@ -34,6 +32,7 @@ from cache_action.stores.gha.store import GhaStore
 from cache_action.stores.gha.version import cache_version
 from cache_action.stores.gha_management import CacheManagement
 from tests.azurite import free_port
+from tests.cli import Run, run_cache_action
 from tests.conftest import RegistryProcess, require_tool
 from tests.gha_emulator import (
     BRANCH,
@@ -581,18 +580,6 @@ def test_we_restore_what_the_official_client_saved(
 # --- the CLI, as a job runs it ------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.stdout)
-        return document
-
-
 def runner_env(emulator_url: str, rest: GitHubRestFake | None, run_id: str) -> dict[str, str]:
     env = {
         k: v
@@ -617,15 +604,7 @@ def runner_env(emulator_url: str, rest: GitHubRestFake | None, run_id: str) -> d
 
 
 def cli(env: Mapping[str, str], *args: str, cwd: Path) -> Run:
-    process = subprocess.run(
-        [sys.executable, "-m", "cache_action", *args],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
-    return Run(process.returncode, process.stdout, process.stderr)
+    return run_cache_action(env, *args, cwd=cwd)
 
 
 def assert_no_secrets(env: Mapping[str, str], *runs: Run) -> None:

@@ -6,11 +6,8 @@ Every output of every run in this module is checked for secret values.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import Run, run_cache_action
 from tests.conftest import require_tool
 from tests.roots import (
     BuiltImage,
@@ -40,18 +38,6 @@ OUTPUTS: list[str] = []  # every stdout/stderr of this module's runs
 SECRETS: set[str] = {BAD_SECRET}
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.stdout)
-        return document
-
-
 def clean_env(tmp_path: Path, extra: Mapping[str, str]) -> dict[str, str]:
     """The machine's environment minus any AWS/S3 setting or config, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_")) and k != "CI"}
@@ -69,16 +55,9 @@ def clean_env(tmp_path: Path, extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def cli(tmp_path: Path, *args: str, env: Mapping[str, str] | None = None) -> Run:
-    process = subprocess.run(
-        [sys.executable, "-m", "cache_action", *args],
-        env=clean_env(tmp_path, env or {}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    OUTPUTS.extend([process.stdout, process.stderr])
-    return Run(process.returncode, process.stdout, process.stderr)
+    run = run_cache_action(clean_env(tmp_path, env or {}), *args, cwd=tmp_path)
+    OUTPUTS.extend([run.stdout, run.stderr])
+    return run
 
 
 def restore(tmp_path: Path, store: str, root: Path, *args: str, env: Any = None) -> Run:
