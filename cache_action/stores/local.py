@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,8 +62,13 @@ class LocalBackend:
         directory = self.directory.resolve()  # `base` is resolved: a symlinked store works
         for path in base.rglob("*"):
             key = path.relative_to(directory).as_posix()
-            if path.is_file() and key.startswith(prefix) and not path.name.startswith("."):
+            if not key.startswith(prefix) or path.name.startswith("."):
+                continue
+            try:
                 info = path.stat()
+            except FileNotFoundError:  # deleted by a concurrent save since the directory scan
+                continue
+            if stat.S_ISREG(info.st_mode):
                 found.append(StoredObject(key, info.st_size, info.st_mtime))
         return found
 
