@@ -184,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("azure").setLevel(logging.WARNING)  # its INFO is every request's headers
     args = _parser().parse_args(argv)
     try:
         return _run(args)

@@ -20,10 +20,10 @@ import posixpath
 import pwd
 import stat
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -60,13 +60,15 @@ def create_archive(
     level: int = ZSTD_LEVEL,
     threads: int = -1,
     arcname: str | None = None,
+    on_written: Callable[[int], None] | None = None,
 ) -> ArchiveStats:
     """Archive `paths` (relative to `base_dir`, or absolute inside it) into `out_file`.
 
     `exclude` names subtrees relative to `base_dir` (`.buildkit-cache/.cache-action/uploads`)
     that are left out with everything below them. `threads=-1` uses every CPU (zstdmt).
     `arcname` stores a single path under another name (a root archived as `.buildkit-cache`
-    wherever it lives); `exclude` is then relative to that name."""
+    wherever it lives); `exclude` is then relative to that name. `on_written(size)` is called
+    whenever more of the archive is in the file (an upload sending it while it grows)."""
     base = base_dir.resolve()
     relative = [_relative_to_base(base, path) for path in paths]
     if not relative:
@@ -79,7 +81,8 @@ def create_archive(
     stats = ArchiveStats()
     out_file.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(out_file, "wb") as raw:
+        with open(out_file, "wb", buffering=0) as file:
+            raw = cast(IO[bytes], _ReportingFile(file, on_written))
             compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
             with compressor.stream_writer(raw, write_size=MiB, closefd=False) as zstd:
                 for rel in relative:
@@ -90,7 +93,7 @@ def create_archive(
                     _add_tree(writer, zstd, source, name, skip, out_real, stats)
                 writer.finish(zstd)
                 zstd.flush(zstandard.FLUSH_FRAME)
-            stats.size = raw.tell()
+            stats.size = file.tell()
     except BaseException:
         out_file.unlink(missing_ok=True)
         raise
@@ -155,6 +158,29 @@ def _add_tree(
         else:
             log.warning("not archiving %s: not a file, directory or symlink", name)
             stats.skipped.append(name)
+
+
+class _ReportingFile:
+    """An unbuffered file that tells `on_written` its size after every write: what the
+    callback is told is already in the file for other readers."""
+
+    def __init__(self, file: IO[bytes], on_written: Callable[[int], None] | None) -> None:
+        self._file = file
+        self._on_written = on_written
+        self._size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view) or 0
+            view = view[written:]
+            self._size += written
+        if self._on_written is not None:
+            self._on_written(self._size)
+        return len(data)
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 class _TarWriter:

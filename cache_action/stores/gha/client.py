@@ -2,8 +2,10 @@
 
 Saving asks first and archives after: `reserve` (CreateCacheEntry) costs one request, so an
 entry that already exists (409) or a read-only token is found out before any tar+zstd work —
-@actions/cache archives first and pays 1-3 s per GB for nothing in those cases. Then `commit`
-uploads the archive and finalizes the entry. `save` does all three for a ready archive.
+@actions/cache archives first and pays 1-3 s per GB for nothing in those cases. Then
+`start_upload` sends the archive while it is written and `finish` finalizes the entry
+(`commit` does both for a ready archive, `save` all three). Restoring streams the download
+into the safe extractor: no archive file, and extraction keeps pace with the download.
 
 Errors are `GhaCacheError`s (warn and go on without the cache) or `InputError`s for bad keys;
 `EntryExistsError` is informational. Nothing here logs a signed URL's secret.
@@ -13,21 +15,21 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cache_action.stores.gha.archive import ArchiveStats
 from cache_action.stores.gha.config import GhaCacheConfig
+from cache_action.stores.gha.download import BlobReader, download_file, open_blob
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
-from cache_action.stores.gha.extract import extract_archive
+from cache_action.stores.gha.extract import extract_archive, extract_stream
 from cache_action.stores.gha.keys import validate_key, validate_keys
 from cache_action.stores.gha.legacy import LegacyCacheService
 from cache_action.stores.gha.service import CacheService, Match, UploadTarget
-from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions, download_file
+from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions
 from cache_action.stores.gha.transport import DEFAULT_POLICY, RetryPolicy
 from cache_action.stores.gha.twirp import TwirpCacheService
+from cache_action.stores.gha.upload import ArchiveUpload
 from cache_action.stores.gha.version import ZSTD_WITHOUT_LONG, cache_version
 
 log = logging.getLogger("cache_action.stores.gha")
@@ -99,6 +101,10 @@ class GhaCacheClient:
         """The matched archive into `dest_file` (written only when complete); its size."""
         return download_file(match.download_url, dest_file, self.transfer)
 
+    def open_download(self, match: Match) -> BlobReader:
+        """The matched archive as a stream, fetched ahead in parallel ranges."""
+        return open_blob(match.download_url, self.transfer)
+
     def restore(
         self,
         key: str,
@@ -106,20 +112,15 @@ class GhaCacheClient:
         version_paths: Sequence[str],
         dest_dir: Path,
         *,
-        temp_dir: Path | None = None,
         owner: tuple[int, int] | None = None,
     ) -> Match | None:
-        """lookup → download → safe extraction into `dest_dir` (e.g. GITHUB_WORKSPACE)."""
+        """lookup → download while extracting safely into `dest_dir` (e.g. GITHUB_WORKSPACE);
+        nothing reaches `dest_dir` unless the whole archive arrived and checked out."""
         match = self.lookup(key, restore_keys, version_paths)
         if match is None:
             return None
-        folder = Path(tempfile.mkdtemp(prefix="gha-cache-", dir=temp_dir))
-        try:
-            archive = folder / "cache.tzst"
-            self.download(match, archive)
-            self.extract(archive, dest_dir, owner=owner)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with self.open_download(match) as archive:
+            extract_stream(archive, dest_dir, owner=owner)
         return match
 
     @staticmethod
@@ -140,13 +141,21 @@ class GhaCacheClient:
             )
         return self.service.reserve(key, version, size)
 
-    def commit(self, target: UploadTarget, archive_file: Path) -> int:
-        """Upload the archive for a reserved entry and finalize it; returns the entry id."""
-        size = archive_file.stat().st_size
-        self.service.upload(target, archive_file)
+    def start_upload(self, target: UploadTarget, archive_file: Path) -> ArchiveUpload:
+        """Begin uploading an archive that is still being written: call `grown(size)` as it
+        grows, then `finish` (or `commit`) once it is complete, `abort` if writing failed."""
+        return self.service.start_upload(target, archive_file)
+
+    def finish(self, target: UploadTarget, upload: ArchiveUpload) -> int:
+        """Send what remains of the archive and finalize the entry; returns the entry id."""
+        size = upload.finish()
         entry_id = self.service.finalize(target, size)
         log.info("cache saved: %s (%d bytes, entry %d)", target.key, size, entry_id)
         return entry_id
+
+    def commit(self, target: UploadTarget, archive_file: Path) -> int:
+        """Upload a complete archive for a reserved entry and finalize it; the entry id."""
+        return self.finish(target, self.start_upload(target, archive_file))
 
     def save(self, key: str, version_paths: Sequence[str], archive_file: Path) -> int | None:
         """reserve → upload → finalize a ready archive. None when the entry exists already or

@@ -1,8 +1,9 @@
 """Safe extraction of cache archives (see `archive.py` for the format).
 
 `extract_archive` is the safe inverse, for archives we or actions/cache made:
-- the zstd stream is checked to end with a complete frame before anything is written
-  (python-zstandard's reader silently stops at a truncated frame), and its checksum is verified;
+- the zstd stream must end exactly where a complete frame ends (python-zstandard's reader
+  silently stops at a truncated frame), and its checksum is verified; the archive can be read
+  from a file or straight from a download as it arrives;
 - members with absolute names or `..` components, devices, FIFOs and other specials are
   rejected; so is a member whose path passes through a symlink, a hard link to anything but an
   earlier member, and a symlink that resolves outside the destination;
@@ -24,7 +25,7 @@ import tarfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -43,60 +44,115 @@ _SKIPPABLE_MASK = 0xFFFFFFF0
 _SKIPPABLE_MAGIC = 0x184D2A50
 
 
-def check_zstd_complete(archive: Path) -> None:
-    """Walk the zstd frame and block headers: every frame must end with its last block (and
-    checksum), and the file must end exactly there. Cheap: reads 3 bytes per 128 KiB block."""
-    size = archive.stat().st_size
-    with open(archive, "rb") as fh:
-        if size == 0:
-            raise GhaCacheError(f"{archive.name} is empty, not a zstd archive")
-        position = 0
+class ZstdFrameCheck(io.RawIOBase):
+    """Passes a zstd stream through while walking its frame and block headers, so that the end
+    of the input can be checked to be the end of a frame: python-zstandard's reader silently
+    stops at a truncated frame. Costs a few bytes of parsing per 128 KiB block."""
+
+    def __init__(self, source: io.RawIOBase, name: str) -> None:
+        self._source = source
+        self._name = name
+        self._state = "magic"
+        self._need = 4  # header bytes the state waits for
+        self._header = bytearray()
+        self._skip = 0  # content bytes to pass unparsed
+        self._checksum = False
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._source.readinto(buffer) or 0
+        if count:
+            self._walk(memoryview(buffer)[:count])
+        else:
+            self._check_end()
+        return count
+
+    def tell(self) -> int:
+        return self._offset
+
+    def finish(self) -> None:
+        """Read what the decompressor left (nothing, normally): the stream must end exactly
+        after a complete frame."""
+        while self.read(MiB):
+            pass
+
+    def _check_end(self) -> None:
+        if self._offset == 0:
+            raise GhaCacheError(f"{self._name} is empty, not a zstd archive")
+        if self._state != "magic" or self._header or self._skip:
+            raise GhaCacheError(
+                f"{self._name} is truncated (a zstd frame ends at byte {self._offset})"
+            )
+
+    def _walk(self, data: memoryview) -> None:
+        position, size = 0, len(data)
         while position < size:
-            position = _check_frame(fh, position, size, archive.name)
+            if self._skip:
+                step = min(self._skip, size - position)
+                self._skip -= step
+                position += step
+                continue
+            take = min(self._need - len(self._header), size - position)
+            self._header += data[position : position + take]
+            position += take
+            if len(self._header) == self._need:
+                header = bytes(self._header)
+                self._header.clear()
+                self._on_header(header, self._offset + position - len(header))
+        self._offset += size
 
+    def _expect(self, state: str, count: int) -> None:
+        self._state, self._need = state, count
 
-def _check_frame(fh: IO[bytes], position: int, size: int, name: str) -> int:
-    def read(count: int) -> bytes:
-        nonlocal position
-        fh.seek(position)
-        data = fh.read(count)
-        if len(data) != count:
-            raise GhaCacheError(f"{name} is truncated (a zstd frame ends at byte {size})")
-        position += count
-        return data
+    def _on_header(self, header: bytes, at: int) -> None:
+        if self._state == "magic":
+            (magic,) = struct.unpack("<I", header)
+            if magic & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
+                self._expect("skippable", 4)
+            elif magic == _ZSTD_MAGIC:
+                self._expect("descriptor", 1)
+            else:
+                raise GhaCacheError(
+                    f"{self._name} is not a zstd archive (bad frame magic at byte {at})"
+                )
+        elif self._state == "skippable":
+            (self._skip,) = struct.unpack("<I", header)
+            self._expect("magic", 4)
+        elif self._state == "descriptor":
+            self._on_descriptor(header[0])
+        elif self._state == "frame header":
+            self._expect("block", 3)
+        elif self._state == "block":
+            self._on_block(int.from_bytes(header, "little"))
+        else:  # the checksum: the frame is complete
+            self._expect("magic", 4)
 
-    (magic,) = struct.unpack("<I", read(4))
-    if magic & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
-        (length,) = struct.unpack("<I", read(4))
-        position += length
-        if position > size:
-            raise GhaCacheError(f"{name} is truncated (in a skippable zstd frame)")
-        return position
-    if magic != _ZSTD_MAGIC:
-        raise GhaCacheError(
-            f"{name} is not a zstd archive (bad frame magic at byte {position - 4})"
-        )
-    descriptor = read(1)[0]
-    fcs_flag, single_segment = descriptor >> 6, (descriptor >> 5) & 1
-    checksum, dict_flag = (descriptor >> 2) & 1, descriptor & 3
-    if (descriptor >> 3) & 1:
-        raise GhaCacheError(f"{name} is not a valid zstd archive (reserved bit set)")
-    header_rest = (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
-    header_rest += (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
-    read(header_rest) if header_rest else None
-    while True:
-        block = int.from_bytes(read(3), "little")
+    def _on_descriptor(self, descriptor: int) -> None:
+        fcs_flag, single_segment = descriptor >> 6, (descriptor >> 5) & 1
+        self._checksum, dict_flag = bool((descriptor >> 2) & 1), descriptor & 3
+        if (descriptor >> 3) & 1:
+            raise GhaCacheError(f"{self._name} is not a valid zstd archive (reserved bit set)")
+        rest = (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+        rest += (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+        if rest:
+            self._expect("frame header", rest)
+        else:
+            self._expect("block", 3)
+
+    def _on_block(self, block: int) -> None:
         last, kind, block_size = block & 1, (block >> 1) & 3, block >> 3
         if kind == 3:
-            raise GhaCacheError(f"{name} is not a valid zstd archive (reserved block type)")
-        position += 1 if kind == 1 else block_size
-        if position > size:
-            raise GhaCacheError(f"{name} is truncated (a zstd block ends past byte {size})")
-        if last:
-            break
-    if checksum:
-        read(4)
-    return position
+            raise GhaCacheError(f"{self._name} is not a valid zstd archive (reserved block type)")
+        self._skip = 1 if kind == 1 else block_size
+        if not last:
+            self._expect("block", 3)
+        elif self._checksum:
+            self._expect("checksum", 4)
+        else:
+            self._expect("magic", 4)
 
 
 # --- extract ------------------------------------------------------------------------------
@@ -116,42 +172,55 @@ class _Extraction:
 def extract_archive(
     archive: Path, dest: Path, *, owner: tuple[int, int] | None = None
 ) -> ArchiveStats:
-    """Safely extract `archive` into `dest` (created if missing); see the module docstring.
+    """Safely extract the archive file `archive` into `dest`; see `extract_stream`."""
+    with open(archive, "rb", buffering=0) as source:
+        return extract_stream(source, dest, owner=owner, name=archive.name)
+
+
+def extract_stream(
+    source: io.RawIOBase,
+    dest: Path,
+    *,
+    owner: tuple[int, int] | None = None,
+    name: str = "the cache archive",
+) -> ArchiveStats:
+    """Safely extract the archive read from `source` (a file, or a download as it arrives)
+    into `dest` (created if missing); see the module docstring.
 
     `owner=(uid, gid)` gives every extracted entry that owner (a container action running as
     root restoring into the runner user's workspace); by default entries belong to us."""
-    check_zstd_complete(archive)
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     staging.mkdir(mode=0o700)
     state = _Extraction(staging)
+    checked = ZstdFrameCheck(source, name)
     try:
-        with open(archive, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                raw, read_size=MiB, read_across_frames=True, closefd=False
-            )
-            # tarfile's own stream mode ("r|") re-joins its buffer on every read and takes
-            # twice as long; a forward-only seekable reader lets it run in "r:" mode.
-            buffered = io.BufferedReader(_ForwardReader(reader), MiB)
-            with tarfile.open(fileobj=buffered, mode="r:") as tar:
-                members: list[tarfile.TarInfo] = vars(tar)["members"]
-                while (member := tar.next()) is not None:
-                    _extract_member(tar, member, state)
-                    members.clear()  # tarfile would keep every header in memory
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], checked), read_size=MiB, read_across_frames=True, closefd=False
+        )
+        # tarfile's own stream mode ("r|") re-joins its buffer on every read and takes
+        # twice as long; a forward-only seekable reader lets it run in "r:" mode.
+        buffered = io.BufferedReader(_ForwardReader(reader), MiB)
+        with tarfile.open(fileobj=buffered, mode="r:") as tar:
+            members: list[tarfile.TarInfo] = vars(tar)["members"]
+            while (member := tar.next()) is not None:
+                _extract_member(tar, member, state)
+                members.clear()  # tarfile would keep every header in memory
+        while buffered.read(MiB):  # the end-of-archive padding, and the frame's checksum
+            pass
+        checked.finish()
         _check_symlinks(state, dest)
         if owner is not None:
             _chown_tree(staging, owner)
         _merge(staging, dest)
         _apply_dir_metadata(dest, state.dirs)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as error:
-        raise GhaCacheError(f"{archive.name} is not a valid cache archive: {error}") from None
+        raise GhaCacheError(f"{name} is not a valid cache archive: {error}") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     log.info("extracted %d members (%d bytes) into %s", state.members, state.bytes_out, dest)
-    return ArchiveStats(
-        members=state.members, bytes_in=state.bytes_out, size=archive.stat().st_size
-    )
+    return ArchiveStats(members=state.members, bytes_in=state.bytes_out, size=checked.tell())
 
 
 class _ForwardReader(io.RawIOBase):

@@ -9,12 +9,9 @@ Bodies are camelCase JSON; `Accept: application/json;api-version=6.0-preview.1`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +35,7 @@ from cache_action.stores.gha.transport import (
     send,
     with_retries,
 )
+from cache_action.stores.gha.upload import ArchiveUpload, FileSlice, GrowingFile
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -97,27 +95,15 @@ class LegacyCacheService:
             )
         raise _failure("reserveCache", response, body)
 
-    def upload(self, target: UploadTarget, archive: Path) -> None:
+    def start_upload(self, target: UploadTarget, archive: Path) -> ArchiveUpload:
         if target.cache_id is None:
             raise GhaCacheError(f"no cache id reserved for {target.key!r}")
-        size = archive.stat().st_size
         resource = f"caches/{target.cache_id}"
-        chunks = [
-            (start, min(start + self._chunk_size, size))
-            for start in range(0, size, self._chunk_size)
-        ]
-        with ThreadPoolExecutor(max(1, min(self._concurrency, len(chunks)))) as pool:
-            futures = [
-                pool.submit(self._upload_chunk, resource, archive, start, end)
-                for start, end in chunks
-            ]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                future.cancel()
-            for future in done:
-                error = future.exception()
-                if error is not None:
-                    raise error
+
+        def send_chunk(_index: int, start: int, end: int) -> None:
+            self._upload_chunk(resource, archive, start, end)
+
+        return GrowingFile(archive, self._chunk_size, self._concurrency, send_chunk)
 
     def finalize(self, target: UploadTarget, size: int) -> int:
         if target.cache_id is None:
@@ -139,8 +125,7 @@ class LegacyCacheService:
         url = self._config.service_url + "_apis/artifactcache/" + resource
 
         def attempt() -> Response:
-            with open(archive, "rb") as fh:
-                body = _Slice(fh, start, end - start)
+            with FileSlice(archive, start, end) as body:
                 return send("PATCH", url, headers=headers, body=body, timeout=self._policy.timeout)
 
         response = with_retries(
@@ -172,26 +157,6 @@ class LegacyCacheService:
 
 # encodeURIComponent leaves these unescaped
 _URI_COMPONENT_SAFE = "-_.!~*'()"
-
-
-class _Slice(io.RawIOBase):
-    """Bytes [start, start+length) of an open file, read in the sender's block size."""
-
-    def __init__(self, fh: io.BufferedReader, start: int, length: int) -> None:
-        self._fd = fh.fileno()
-        self._position = start
-        self._end = start + length
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        remaining = self._end - self._position
-        if size < 0 or size > remaining:
-            size = remaining
-        data = os.pread(self._fd, size, self._position) if size else b""
-        self._position += len(data)
-        return data
 
 
 def _json(response: Response) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cache_action.stores.gha.redact import redact
+from cache_action.stores.gha.upload import ArchiveUpload
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ class CacheService(Protocol):
         """Create the entry; EntryExistsError / WriteDeniedError when that is refused."""
         ...
 
-    def upload(self, target: UploadTarget, archive: Path) -> None: ...
+    def start_upload(self, target: UploadTarget, archive: Path) -> ArchiveUpload:
+        """Send `archive` while it is written; see `upload.py`."""
+        ...
 
     def finalize(self, target: UploadTarget, size: int) -> int:
         """Commit the uploaded archive; returns the entry id."""

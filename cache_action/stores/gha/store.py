@@ -34,7 +34,7 @@ from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResu
 from cache_action.stores.gha.archive import create_archive
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
-from cache_action.stores.gha.extract import extract_archive
+from cache_action.stores.gha.extract import extract_stream
 from cache_action.stores.gha.service import Match
 from cache_action.stores.gha_management import CacheManagement
 from cache_action.stores.snapshot import (
@@ -121,15 +121,14 @@ class GhaStore:
         return result
 
     def _download(self, match: Match, folder: Path) -> tuple[Layout, int]:
+        """Extract the entry while it downloads; its root and the archive's size."""
         folder.mkdir(parents=True)
-        archive = folder / "cache.tzst"
-        size = self.client.download(match, archive)
-        extract_archive(archive, folder / "tree")
-        archive.unlink()
-        root = folder / "tree" / self.path_label
+        with self.client.open_download(match) as archive:
+            extract_stream(archive, folder, name=f"cache entry {match.matched_key}")
+        root = folder / self.path_label
         if not root.is_dir():
             raise StoreError(f"cache entry {match.matched_key} holds no {self.path_label}/")
-        return Layout(root), size
+        return Layout(root), archive.size
 
     # --- save ---
 
@@ -166,14 +165,20 @@ class GhaStore:
         try:
             excluded = [f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED]
             excluded.append(f"{self.path_label}/{META_DIR}/{archive.name}")
-            create_archive(
-                layout.root.parent,
-                [layout.root.name],
-                archive,
-                exclude=excluded,
-                arcname=self.path_label,
-            )
-            self.client.commit(target, archive)
+            upload = self.client.start_upload(target, archive)
+            try:
+                create_archive(
+                    layout.root.parent,
+                    [layout.root.name],
+                    archive,
+                    exclude=excluded,
+                    arcname=self.path_label,
+                    on_written=upload.grown,
+                )
+            except BaseException:
+                upload.abort()
+                raise
+            self.client.finish(target, upload)
             result.bytes_uploaded = archive.stat().st_size
         finally:
             archive.unlink(missing_ok=True)

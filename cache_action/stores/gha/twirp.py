@@ -26,7 +26,7 @@ from cache_action.stores.gha.errors import (
 )
 from cache_action.stores.gha.redact import redact_text
 from cache_action.stores.gha.service import Match, UploadTarget
-from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions, upload_file
+from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions
 from cache_action.stores.gha.transport import (
     DEFAULT_POLICY,
     Response,
@@ -34,6 +34,7 @@ from cache_action.stores.gha.transport import (
     send,
     with_retries,
 )
+from cache_action.stores.gha.upload import ArchiveUpload, BlobUpload
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -117,10 +118,10 @@ class TwirpCacheService:
             raise GhaCacheError(f"CreateCacheEntry for {key!r} answered no signed_upload_url")
         return UploadTarget(key=key, version=version, upload_url=str(url))
 
-    def upload(self, target: UploadTarget, archive: Path) -> None:
+    def start_upload(self, target: UploadTarget, archive: Path) -> ArchiveUpload:
         if not target.upload_url:
             raise GhaCacheError(f"no upload URL reserved for {target.key!r}")
-        upload_file(target.upload_url, archive, self._transfer)
+        return BlobUpload(target.upload_url, archive, self._transfer)
 
     def finalize(self, target: UploadTarget, size: int) -> int:
         request = {"key": target.key, "size_bytes": str(size), "version": target.version}
