@@ -71,7 +71,10 @@ def download_file(url: str, dest: Path, options: TransferOptions = DEFAULT_TRANS
 
 
 class BlobReader(io.RawIOBase):
-    """The blob's bytes in order; up to `download_window` parts are fetched ahead."""
+    """The blob's bytes in order; up to `download_window` parts are fetched ahead. Each part's
+    buffer is allocated here, in the reading thread: allocated in the workers, glibc's
+    per-thread arenas kept ~50 MiB more resident for a 64 MiB window. (Reusing a fixed set of
+    buffers measured slower still: extraction of 1 GiB took 4 s instead of 2-2.6 s.)"""
 
     def __init__(self, url: str, size: int, options: TransferOptions) -> None:
         self.url = url
@@ -82,8 +85,8 @@ class BlobReader(io.RawIOBase):
         self._stop = threading.Event()
         workers = max(1, min(options.download_concurrency, len(self._ranges)))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="gha-download")
-        self._pending: deque[Future[bytearray]] = deque()
-        self._current = memoryview(bytearray())
+        self._pending: deque[Future[memoryview]] = deque()
+        self._current = memoryview(b"")
         self._delivered = 0
         self._started = time.monotonic()
         for _ in range(options.download_window):
@@ -96,7 +99,7 @@ class BlobReader(io.RawIOBase):
         if not self._current:
             if not self._pending:
                 return 0
-            self._current = memoryview(self._take_next())
+            self._current = self._take_next()
         count = min(len(buffer), len(self._current))
         buffer[:count] = self._current[:count]
         self._current = self._current[count:]
@@ -119,7 +122,7 @@ class BlobReader(io.RawIOBase):
             self._pending.clear()
         super().close()
 
-    def _take_next(self) -> bytearray:
+    def _take_next(self) -> memoryview:
         future = self._pending.popleft()
         self._submit_next()
         try:
@@ -133,7 +136,14 @@ class BlobReader(io.RawIOBase):
             start, end = self._ranges.popleft()
             self._pending.append(
                 self._pool.submit(
-                    _fetch_part, self.url, start, end, self.size, self._options, self._stop.is_set
+                    _fetch_part,
+                    self.url,
+                    memoryview(bytearray(end - start)),
+                    start,
+                    end,
+                    self.size,
+                    self._options,
+                    self._stop.is_set,
                 )
             )
 
@@ -186,15 +196,14 @@ def _probe_size(url: str, options: TransferOptions) -> tuple[int | None, str, bo
 
 def _fetch_part(
     url: str,
+    view: memoryview,
     start: int,
     end: int,
     size: int,
     options: TransferOptions,
     stopped: Callable[[], bool],
-) -> bytearray:
-    """Bytes [start, end); resumes where a short response stopped."""
-    part = bytearray(end - start)
-    view = memoryview(part)
+) -> memoryview:
+    """Bytes [start, end) into `view`; resumes where a short response stopped."""
     position = start
     problem = ""
     for attempt in range(options.attempts):
@@ -211,7 +220,7 @@ def _fetch_part(
         except (OSError, http.client.HTTPException) as error:
             problem = redact_text(str(error)) or type(error).__name__
         if position >= end:
-            return part
+            return view
         log.info(
             "download range %d-%d: attempt %d of %d stopped at byte %d (%s)",
             start,

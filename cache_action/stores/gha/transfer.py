@@ -26,7 +26,7 @@ class TransferOptions:
     # of them are in memory at once: the download's memory is bounded, not the blob's size.
     min_part: int = 4 * MiB
     max_part: int = 8 * MiB
-    download_window: int = 16
+    download_window: int = 12
     timeout: float = 30.0  # socket timeout per request (connect, and each read)
     attempts: int = 5  # per request (a range, the HEAD, the single put)
     base_delay: float = 1.0
