@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -25,7 +24,7 @@ from cache_action.stores.gha.errors import GhaCacheError, TransferError
 from cache_action.stores.gha.extract import ZstdFrameCheck
 from cache_action.stores.gha.store import GhaStore
 from cache_action.stores.gha.transfer import TransferOptions
-from cache_action.stores.gha.upload import BlobUpload, GrowingFile
+from cache_action.stores.gha.upload import BlockPipeline
 from tests.gha_emulator import (
     BRANCH,
     CacheEmulator,
@@ -159,7 +158,7 @@ def test_a_download_that_fails_midway_leaves_the_destination_untouched(
     assert sorted(p.name for p in restored.iterdir()) == ["mine"]
 
 
-# --- save: blocks while the archive grows ---------------------------------------------------
+# --- save: blocks while the archive is produced ---------------------------------------------
 
 
 def _uncommitted_blocks(emulator: CacheEmulator) -> int:
@@ -173,21 +172,17 @@ def _uncommitted_blocks(emulator: CacheEmulator) -> int:
 def test_blocks_are_sent_while_the_archive_is_written(
     emulator: CacheEmulator, tmp_path: Path
 ) -> None:
-    options = TransferOptions(block_size=MiB, single_put_max=2 * MiB, upload_concurrency=2)
+    options = TransferOptions(block_size=MiB, upload_concurrency=2)
     client = make_client(emulator, transfer=options)
     target = client.reserve("growing-1", client.version(PATHS))
-    archive = tmp_path / "growing.tzst"
     content = os.urandom(5 * MiB + 300 * KiB)
-    upload = client.start_upload(target, archive)
-    with open(archive, "wb", buffering=0) as out:
-        out.write(content[: 3 * MiB])
-        upload.grown(3 * MiB)  # past the single-put limit: blocks 0-2 go out now
-        deadline = time.monotonic() + 20
-        while _uncommitted_blocks(emulator) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _uncommitted_blocks(emulator) == 3  # staged before the file is complete
-        out.write(content[3 * MiB :])
-        upload.grown(len(content))
+    upload = client.start_upload(target)
+    upload.write(content[: 3 * MiB])  # three full blocks: on their way now
+    deadline = time.monotonic() + 20
+    while _uncommitted_blocks(emulator) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _uncommitted_blocks(emulator) >= 2  # staged before the archive is complete
+    upload.write(content[3 * MiB :])
     client.finish(target, upload)
 
     (entry,) = emulator.finalized()
@@ -198,49 +193,65 @@ def test_blocks_are_sent_while_the_archive_is_written(
     assert entry.size == len(content)
 
 
-def test_an_archive_under_the_single_put_limit_stays_one_request(
+def test_an_archive_that_fits_one_block_is_one_put_blob(
     emulator: CacheEmulator, tmp_path: Path
 ) -> None:
-    options = TransferOptions(block_size=MiB, single_put_max=4 * MiB)
-    client = make_client(emulator, transfer=options)
+    client = make_client(emulator, transfer=TransferOptions(block_size=4 * MiB))
     target = client.reserve("small-1", client.version(PATHS))
-    archive = tmp_path / "small.tzst"
     content = os.urandom(3 * MiB)
-    upload = client.start_upload(target, archive)
-    with open(archive, "wb", buffering=0) as out:
-        for start in range(0, len(content), MiB):
-            out.write(content[start : start + MiB])
-            upload.grown(min(start + MiB, len(content)))
+    upload = client.start_upload(target)
+    for start in range(0, len(content), MiB):
+        upload.write(content[start : start + MiB])
     client.finish(target, upload)
     blob = emulator.blob_client(emulator.finalized()[0])
     assert blob.get_block_list("committed")[0] == []  # one Put Blob
     assert blob.download_blob().readall() == content
 
 
-def test_a_refused_part_fails_the_upload_and_stops_the_rest(tmp_path: Path) -> None:
-    path = tmp_path / "archive"
-    path.write_bytes(bytes(10 * KiB))
+def test_upload_memory_is_the_blocks_in_flight_not_the_archive(
+    emulator: CacheEmulator, tmp_path: Path
+) -> None:
+    options = TransferOptions(block_size=2 * MiB, upload_concurrency=2)
+    client = make_client(emulator, transfer=options)
+    target = client.reserve("bounded-1", client.version(PATHS))
+    content = os.urandom(40 * MiB)
+    tracemalloc.start()
+    try:
+        upload = client.start_upload(target)
+        for start in range(0, len(content), 512 * KiB):
+            upload.write(content[start : start + 512 * KiB])
+        client.finish(target, upload)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * MiB, peak  # 3 buffers of 2 MiB (+ the SDK's request), not 40 MiB
+    blob = emulator.blob_client(emulator.finalized()[0])
+    assert blob.download_blob().readall() == content
+
+
+def test_a_refused_block_fails_the_upload_and_stops_the_rest() -> None:
     sent: list[int] = []
-    lock = threading.Lock()
 
-    def send(index: int, start: int, end: int) -> None:
+    def send(index: int, offset: int, data: memoryview) -> None:
         if index == 1:
-            raise TransferError("part 1 refused")
-        with lock:
-            sent.append(index)
+            raise TransferError("block 1 refused")
+        sent.append(index)
 
-    upload = GrowingFile(path, KiB, 1, send)
-    with pytest.raises(TransferError, match="part 1 refused"):
-        upload.finish()
-    assert sent == [0]  # nothing after the failed part was sent
+    pipeline = BlockPipeline(KiB, 1, send)
+    with pytest.raises(TransferError, match="block 1 refused"):
+        for _ in range(10):
+            pipeline.write(bytes(KiB))
+        pipeline.finish()
+    pipeline.abort()
+    assert sent == [0]  # nothing after the refused block was sent
 
 
-def test_the_store_save_overlaps_archiving_and_upload(
+def test_the_store_save_uploads_while_archiving_and_writes_no_archive(
     emulator: CacheEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Through GhaStore: an archive past the single-put limit has blocks on their way while
-    the archiver is still writing it, and the entry restores to the same tree."""
-    options = TransferOptions(block_size=MiB, single_put_max=MiB, upload_concurrency=2)
+    """Through GhaStore: blocks are handed to the senders while the archiver is still
+    writing, no archive file appears anywhere, and the entry restores to the same tree."""
+    options = TransferOptions(block_size=MiB, upload_concurrency=2)
     client = make_client(emulator, transfer=options)
     workspace = tmp_path / "ws"
     cache = build_tree(workspace)
@@ -248,20 +259,25 @@ def test_the_store_save_overlaps_archiving_and_upload(
     blob = Path("org/repo/blobs/sha256") / hashlib.sha256(layer).hexdigest()
     (cache / "blobs" / "sha256" / blob.name).write_bytes(layer)
     os.link(cache / "blobs" / "sha256" / blob.name, cache / blob)
-    progress: list[tuple[int, int]] = []  # (archive size told, blocks submitted by then)
-    original = BlobUpload.grown
+    progress: list[tuple[int, int]] = []  # (bytes written, blocks handed off by then)
+    original = BlockPipeline.write
 
-    def grown(self: BlobUpload, size: int) -> None:
-        original(self, size)
-        progress.append((size, self.blocks_submitted))
+    def write(self: BlockPipeline, data: bytes) -> int:
+        written = original(self, data)
+        progress.append((self.size, self.blocks))
+        return written
 
-    monkeypatch.setattr(BlobUpload, "grown", grown)
+    monkeypatch.setattr(BlockPipeline, "write", write)
     store = GhaStore(client, "1-1")
     name = EntryName("buildkit", "app", BRANCH)
+    before = set(tmp_path.rglob("*"))
     result = store.save(Layout(cache), name)
     assert result.saved, result
     assert any(blocks and size < result.bytes_uploaded for size, blocks in progress), progress
-    assert len(emulator.blob_client(emulator.finalized()[0]).get_block_list()[0]) >= 6
+    committed = emulator.blob_client(emulator.finalized()[0]).get_block_list()[0]
+    assert len(committed) == -(-result.bytes_uploaded // MiB)
+    new_files = {p for p in set(tmp_path.rglob("*")) - before if "emulator" not in p.parts}
+    assert {p.name for p in new_files} <= {"saved.json", "restored.json"}, new_files
 
     restored = tmp_path / "restored" / ".buildkit-cache"
     assert store.restore(Layout(restored), [[name]]).hit == HitKind.EXACT

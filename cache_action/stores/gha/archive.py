@@ -20,10 +20,10 @@ import posixpath
 import pwd
 import stat
 import tarfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -60,15 +60,46 @@ def create_archive(
     level: int = ZSTD_LEVEL,
     threads: int = -1,
     arcname: str | None = None,
-    on_written: Callable[[int], None] | None = None,
 ) -> ArchiveStats:
-    """Archive `paths` (relative to `base_dir`, or absolute inside it) into `out_file`.
+    """Archive `paths` (relative to `base_dir`, or absolute inside it) into `out_file`; see
+    `write_archive`. The file is removed if archiving fails, and never archives itself."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(out_file, "wb") as out:
+            return write_archive(
+                base_dir,
+                paths,
+                out,
+                exclude=exclude,
+                level=level,
+                threads=threads,
+                arcname=arcname,
+                not_this=out_file.resolve(),
+            )
+    except BaseException:
+        out_file.unlink(missing_ok=True)
+        raise
+
+
+def write_archive(
+    base_dir: Path,
+    paths: Sequence[str],
+    out: IO[bytes] | ArchiveSink,
+    *,
+    exclude: Iterable[str] = (),
+    level: int = ZSTD_LEVEL,
+    threads: int = -1,
+    arcname: str | None = None,
+    not_this: Path | None = None,
+) -> ArchiveStats:
+    """Archive `paths` (relative to `base_dir`, or absolute inside it) into the writable `out`
+    (a file, or an upload that sends the archive as it is produced).
 
     `exclude` names subtrees relative to `base_dir` (`.buildkit-cache/.cache-action/uploads`)
     that are left out with everything below them. `threads=-1` uses every CPU (zstdmt).
     `arcname` stores a single path under another name (a root archived as `.buildkit-cache`
-    wherever it lives); `exclude` is then relative to that name. `on_written(size)` is called
-    whenever more of the archive is in the file (an upload sending it while it grows)."""
+    wherever it lives); `exclude` is then relative to that name. `not_this` is a file left
+    out wherever it is met (the archive being written)."""
     base = base_dir.resolve()
     relative = [_relative_to_base(base, path) for path in paths]
     if not relative:
@@ -76,27 +107,21 @@ def create_archive(
     if arcname is not None and len(relative) != 1:
         raise InputError("path", list(paths), "exactly one path when it is renamed")
     skip = {_normalize_exclude(item) for item in exclude}
-    out_real = out_file.resolve()
     writer = _TarWriter()
     stats = ArchiveStats()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(out_file, "wb", buffering=0) as file:
-            raw = cast(IO[bytes], _ReportingFile(file, on_written))
-            compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-            with compressor.stream_writer(raw, write_size=MiB, closefd=False) as zstd:
-                for rel in relative:
-                    source = base / rel if rel != "." else base
-                    if not os.path.lexists(source):
-                        raise InputError("path", rel, f"a file or directory under {base}")
-                    name = _relative_to_base(base, arcname) if arcname is not None else rel
-                    _add_tree(writer, zstd, source, name, skip, out_real, stats)
-                writer.finish(zstd)
-                zstd.flush(zstandard.FLUSH_FRAME)
-            stats.size = file.tell()
-    except BaseException:
-        out_file.unlink(missing_ok=True)
-        raise
+    counted = _CountingSink(out)
+    compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    sink = cast(IO[bytes], counted)
+    with compressor.stream_writer(sink, write_size=MiB, closefd=False) as zstd:
+        for rel in relative:
+            source = base / rel if rel != "." else base
+            if not os.path.lexists(source):
+                raise InputError("path", rel, f"a file or directory under {base}")
+            name = _relative_to_base(base, arcname) if arcname is not None else rel
+            _add_tree(writer, zstd, source, name, skip, not_this, stats)
+        writer.finish(zstd)
+        zstd.flush(zstandard.FLUSH_FRAME)
+    stats.size = counted.size
     log.info(
         "archived %d members (%d files, %d hard links, %d bytes) into %d bytes",
         stats.members,
@@ -106,6 +131,28 @@ def create_archive(
         stats.size,
     )
     return stats
+
+
+class ArchiveSink(Protocol):
+    def write(self, data: Any) -> int: ...
+
+
+class _CountingSink:
+    """Counts what the compressor writes (an upload has no `tell`)."""
+
+    def __init__(self, out: IO[bytes] | ArchiveSink) -> None:
+        self._out = out
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self._out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        flush = getattr(self._out, "flush", None)
+        if flush is not None:
+            flush()
 
 
 def _relative_to_base(base: Path, path: str) -> str:
@@ -135,7 +182,7 @@ def _add_tree(
     source: Path,
     arcname: str,
     skip: set[str],
-    out_real: Path,
+    not_this: Path | None,
     stats: ArchiveStats,
 ) -> None:
     """`source` and, for a directory, everything below it, depth first in name order."""
@@ -144,7 +191,7 @@ def _add_tree(
         path, name = stack.pop()
         if name in skip or (name.startswith("./") and name[2:] in skip):
             continue
-        if path == str(out_real):
+        if not_this is not None and path == str(not_this):
             continue
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -158,29 +205,6 @@ def _add_tree(
         else:
             log.warning("not archiving %s: not a file, directory or symlink", name)
             stats.skipped.append(name)
-
-
-class _ReportingFile:
-    """An unbuffered file that tells `on_written` its size after every write: what the
-    callback is told is already in the file for other readers."""
-
-    def __init__(self, file: IO[bytes], on_written: Callable[[int], None] | None) -> None:
-        self._file = file
-        self._on_written = on_written
-        self._size = 0
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view) or 0
-            view = view[written:]
-            self._size += written
-        if self._on_written is not None:
-            self._on_written(self._size)
-        return len(data)
-
-    def flush(self) -> None:
-        self._file.flush()
 
 
 class _TarWriter:

@@ -2,10 +2,11 @@
 
 Saving asks first and archives after: `reserve` (CreateCacheEntry) costs one request, so an
 entry that already exists (409) or a read-only token is found out before any tar+zstd work —
-@actions/cache archives first and pays 1-3 s per GB for nothing in those cases. Then
-`start_upload` sends the archive while it is written and `finish` finalizes the entry
-(`commit` does both for a ready archive, `save` all three). Restoring streams the download
-into the safe extractor: no archive file, and extraction keeps pace with the download.
+@actions/cache archives first and pays 1-3 s per GB for nothing in those cases. Then the
+archiver writes into `start_upload`, which sends blocks as they fill, and `finish` finalizes
+the entry (`commit` does both for a ready archive file, `save` all three). Restoring streams
+the download into the safe extractor: no archive file, and extraction keeps pace with the
+download.
 
 Errors are `GhaCacheError`s (warn and go on without the cache) or `InputError`s for bad keys;
 `EntryExistsError` is informational. Nothing here logs a signed URL's secret.
@@ -29,7 +30,7 @@ from cache_action.stores.gha.service import CacheService, Match, UploadTarget
 from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions
 from cache_action.stores.gha.transport import DEFAULT_POLICY, RetryPolicy
 from cache_action.stores.gha.twirp import TwirpCacheService
-from cache_action.stores.gha.upload import ArchiveUpload
+from cache_action.stores.gha.upload import ArchiveUpload, feed_file
 from cache_action.stores.gha.version import ZSTD_WITHOUT_LONG, cache_version
 
 log = logging.getLogger("cache_action.stores.gha")
@@ -141,10 +142,10 @@ class GhaCacheClient:
             )
         return self.service.reserve(key, version, size)
 
-    def start_upload(self, target: UploadTarget, archive_file: Path) -> ArchiveUpload:
-        """Begin uploading an archive that is still being written: call `grown(size)` as it
-        grows, then `finish` (or `commit`) once it is complete, `abort` if writing failed."""
-        return self.service.start_upload(target, archive_file)
+    def start_upload(self, target: UploadTarget) -> ArchiveUpload:
+        """An upload for a reserved entry that the archiver writes into; `finish` it once
+        the archive is complete (or `abort` it if archiving failed)."""
+        return self.service.start_upload(target)
 
     def finish(self, target: UploadTarget, upload: ArchiveUpload) -> int:
         """Send what remains of the archive and finalize the entry; returns the entry id."""
@@ -154,8 +155,10 @@ class GhaCacheClient:
         return entry_id
 
     def commit(self, target: UploadTarget, archive_file: Path) -> int:
-        """Upload a complete archive for a reserved entry and finalize it; the entry id."""
-        return self.finish(target, self.start_upload(target, archive_file))
+        """Upload a ready archive file for a reserved entry and finalize it; the entry id."""
+        upload = self.start_upload(target)
+        feed_file(archive_file, upload)
+        return self.finish(target, upload)
 
     def save(self, key: str, version_paths: Sequence[str], archive_file: Path) -> int | None:
         """reserve → upload → finalize a ready archive. None when the entry exists already or

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -35,7 +34,7 @@ from cache_action.stores.gha.transport import (
     send,
     with_retries,
 )
-from cache_action.stores.gha.upload import ArchiveUpload, FileSlice, GrowingFile
+from cache_action.stores.gha.upload import ArchiveUpload, BlockPipeline
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -95,15 +94,15 @@ class LegacyCacheService:
             )
         raise _failure("reserveCache", response, body)
 
-    def start_upload(self, target: UploadTarget, archive: Path) -> ArchiveUpload:
+    def start_upload(self, target: UploadTarget) -> ArchiveUpload:
         if target.cache_id is None:
             raise GhaCacheError(f"no cache id reserved for {target.key!r}")
         resource = f"caches/{target.cache_id}"
 
-        def send_chunk(_index: int, start: int, end: int) -> None:
-            self._upload_chunk(resource, archive, start, end)
+        def send_chunk(_index: int, offset: int, data: memoryview) -> None:
+            self._upload_chunk(resource, offset, data)
 
-        return GrowingFile(archive, self._chunk_size, self._concurrency, send_chunk)
+        return BlockPipeline(self._chunk_size, self._concurrency, send_chunk)
 
     def finalize(self, target: UploadTarget, size: int) -> int:
         if target.cache_id is None:
@@ -115,7 +114,8 @@ class LegacyCacheService:
 
     # --- transport ---
 
-    def _upload_chunk(self, resource: str, archive: Path, start: int, end: int) -> None:
+    def _upload_chunk(self, resource: str, start: int, data: memoryview) -> None:
+        end = start + len(data)
         headers = {
             **self._headers(),
             "Content-Type": "application/octet-stream",
@@ -125,8 +125,7 @@ class LegacyCacheService:
         url = self._config.service_url + "_apis/artifactcache/" + resource
 
         def attempt() -> Response:
-            with FileSlice(archive, start, end) as body:
-                return send("PATCH", url, headers=headers, body=body, timeout=self._policy.timeout)
+            return send("PATCH", url, headers=headers, body=data, timeout=self._policy.timeout)
 
         response = with_retries(
             f"uploadChunk (start: {start}, end: {end - 1})", attempt, self._policy

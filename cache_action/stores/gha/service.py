@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from cache_action.stores.gha.redact import redact
@@ -50,8 +49,8 @@ class CacheService(Protocol):
         """Create the entry; EntryExistsError / WriteDeniedError when that is refused."""
         ...
 
-    def start_upload(self, target: UploadTarget, archive: Path) -> ArchiveUpload:
-        """Send `archive` while it is written; see `upload.py`."""
+    def start_upload(self, target: UploadTarget) -> ArchiveUpload:
+        """An upload the archiver writes into; see `upload.py`."""
         ...
 
     def finalize(self, target: UploadTarget, size: int) -> int:

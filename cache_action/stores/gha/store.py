@@ -31,7 +31,7 @@ from cache_action.storage.digests import Digest
 from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import META_DIR, Layout
 from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult
-from cache_action.stores.gha.archive import create_archive
+from cache_action.stores.gha.archive import write_archive
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
 from cache_action.stores.gha.extract import extract_stream
@@ -159,29 +159,22 @@ class GhaStore:
         except WriteDeniedError as error:
             result.skipped_reason = f"the cache is read-only here ({error})"
             return
-        archive = layout.meta_dir / f"save-{uuid.uuid4().hex[:12]}.tzst"
         saved = {"created_at": snapshot.created_at, "key": key}
         write_atomic(layout.meta_dir / SAVED_FILE, json.dumps(saved).encode())
-        try:
-            excluded = [f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED]
-            excluded.append(f"{self.path_label}/{META_DIR}/{archive.name}")
-            upload = self.client.start_upload(target, archive)
-            try:
-                create_archive(
-                    layout.root.parent,
-                    [layout.root.name],
-                    archive,
-                    exclude=excluded,
-                    arcname=self.path_label,
-                    on_written=upload.grown,
-                )
-            except BaseException:
-                upload.abort()
-                raise
-            self.client.finish(target, upload)
-            result.bytes_uploaded = archive.stat().st_size
-        finally:
-            archive.unlink(missing_ok=True)
+        upload = self.client.start_upload(target)
+        try:  # the archive goes straight into the upload: no archive file
+            write_archive(
+                layout.root.parent,
+                [layout.root.name],
+                upload,
+                exclude=[f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED],
+                arcname=self.path_label,
+            )
+        except BaseException:
+            upload.abort()
+            raise
+        self.client.finish(target, upload)
+        result.bytes_uploaded = upload.size
         result.saved = True
         result.key = key
         result.blobs_uploaded = len(snapshot.blobs)

@@ -18,8 +18,9 @@ STORAGE_API_VERSION = "2025-01-05"
 
 @dataclass(frozen=True)
 class TransferOptions:
-    single_put_max: int = 128 * MiB
-    block_size: int = 64 * MiB
+    # Uploads: blocks of `block_size`, `upload_concurrency` in flight and one being filled,
+    # all in memory (the archive is never written to disk); one Put Blob if it fits a block.
+    block_size: int = 16 * MiB
     upload_concurrency: int = 8
     download_concurrency: int = 8
     # Ranged GETs are 4-8 MiB (~4 per worker for small blobs), and at most `download_window`

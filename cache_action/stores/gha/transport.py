@@ -89,7 +89,7 @@ def send(
     url: str,
     *,
     headers: Mapping[str, str] | None = None,
-    body: bytes | IO[bytes] | io.RawIOBase | None = None,
+    body: bytes | memoryview | IO[bytes] | io.RawIOBase | None = None,
     timeout: float = 30.0,
 ) -> Response:
     """One request; any HTTP status is returned, connection failures raise OSError or

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -118,10 +117,10 @@ class TwirpCacheService:
             raise GhaCacheError(f"CreateCacheEntry for {key!r} answered no signed_upload_url")
         return UploadTarget(key=key, version=version, upload_url=str(url))
 
-    def start_upload(self, target: UploadTarget, archive: Path) -> ArchiveUpload:
+    def start_upload(self, target: UploadTarget) -> ArchiveUpload:
         if not target.upload_url:
             raise GhaCacheError(f"no upload URL reserved for {target.key!r}")
-        return BlobUpload(target.upload_url, archive, self._transfer)
+        return BlobUpload(target.upload_url, self._transfer)
 
     def finalize(self, target: UploadTarget, size: int) -> int:
         request = {"key": target.key, "size_bytes": str(size), "version": target.version}
