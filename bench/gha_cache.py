@@ -12,8 +12,9 @@
    later run in an earlier version of this bench.
 3. Per round, for each client (order alternating by round):
    - ours:     `python -m cache_action save --store gha` on the root, then `restore` into an empty
-               root: GhaStore → reserve, tar+zstd, upload (64 MiB blocks, 8 parallel),
-               finalize; lookup, ranged parallel download, checked extraction, merge.
+               root: GhaStore → reserve, tar+zstd straight into the upload (16 MiB blocks, 8
+               in flight, no archive file), finalize; lookup, ranged parallel download read
+               by the checked extraction as it arrives (no archive file), merge.
    - official: `@actions/cache` 6.x (tests/node) `saveCache([".buildkit-cache"])` from the
                workspace holding the root, then `restoreCache` into an empty workspace: what
                actions/cache runs (tar --posix | zstdmt, Azure SDK upload; one GET, tar -x).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -113,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "health":
         return health(args.ready_file)
     if args.command == "serve":  # aiohttp is imported only here: other commands start faster
+        import asyncio
+
         from cache_action.registry.server import ServeConfig, parse_listen, serve
         from cache_action.service import run_service
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from github import Auth, Github, GithubException
+if TYPE_CHECKING:
+    from github import Github
+
+# PyGithub is imported when first used: it takes 0.2 s, and a restore never needs it.
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,20 @@ class CacheManagement:
         self, token: str, repository: str, api_url: str = "https://api.github.com"
     ) -> None:
         self.repository = repository
-        self._github = Github(auth=Auth.Token(token), base_url=api_url.rstrip("/"), retry=None)
+        self._token = token
+        self._api_url = api_url.rstrip("/")
+        self._client: Github | None = None
         self._denied = False
 
+    def _github(self) -> Github:
+        if self._client is None:
+            from github import Auth, Github
+
+            self._client = Github(auth=Auth.Token(self._token), base_url=self._api_url, retry=None)
+        return self._client
+
     def _request(self, verb: str, path: str, parameters: dict[str, Any] | None = None) -> Any:
-        _, data = self._github.requester.requestJsonAndCheck(
+        _, data = self._github().requester.requestJsonAndCheck(
             verb, f"/repos/{self.repository}/actions/{path}", parameters=parameters
         )
         return data
@@ -83,6 +95,8 @@ class CacheManagement:
         (the job's GITHUB_REF), so both GitHub's scoping and ours must match."""
         if self._denied:
             return []
+        from github import GithubException
+
         deleted = []
         try:
             entries = [entry for entry in self.list_entries(key_prefix, ref) if entry.ref == ref]
@@ -115,6 +129,8 @@ class CacheManagement:
 
     def usage(self) -> CacheUsage | None:
         """This repository's cache usage, or None when the token may not read it."""
+        from github import GithubException
+
         try:
             data = self._request("GET", "cache/usage") or {}
         except GithubException as error:

@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
-from github import GithubException
-
 from cache_action.errors import StoreError
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
@@ -217,6 +215,8 @@ class GhaStore:
             raise StoreError(
                 "listing Actions cache entries needs GITHUB_TOKEN and GITHUB_REPOSITORY"
             )
+        from github import GithubException  # imported late: 0.2 s a restore does not need
+
         entries = []
         try:
             listed = self.management.list_entries(f"{namespace}/")
@@ -236,6 +236,8 @@ class GhaStore:
             raise StoreError(
                 "deleting Actions cache entries needs GITHUB_TOKEN and GITHUB_REPOSITORY"
             )
+        from github import GithubException
+
         try:
             self.management.delete_key(entry.key)
         except GithubException as error:
