@@ -84,7 +84,7 @@ def create_archive(
 def write_archive(
     base_dir: Path,
     paths: Sequence[str],
-    out: IO[bytes] | ArchiveSink,
+    out: ArchiveSink,
     *,
     exclude: Iterable[str] = (),
     level: int = ZSTD_LEVEL,
@@ -134,13 +134,15 @@ def write_archive(
 
 
 class ArchiveSink(Protocol):
+    """Where an archive goes: a file, or an upload (`upload.ArchiveUpload`)."""
+
     def write(self, data: Any) -> int: ...
 
 
 class _CountingSink:
     """Counts what the compressor writes (an upload has no `tell`)."""
 
-    def __init__(self, out: IO[bytes] | ArchiveSink) -> None:
+    def __init__(self, out: ArchiveSink) -> None:
         self._out = out
         self.size = 0
 

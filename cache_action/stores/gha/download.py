@@ -53,7 +53,6 @@ def open_blob(url: str, options: TransferOptions = DEFAULT_TRANSFER) -> BlobRead
 
 def download_file(url: str, dest: Path, options: TransferOptions = DEFAULT_TRANSFER) -> int:
     """Download the blob at `url` into `dest` (created or replaced only when complete)."""
-    started = time.monotonic()
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
     try:
@@ -64,9 +63,6 @@ def download_file(url: str, dest: Path, options: TransferOptions = DEFAULT_TRANS
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    log.info(
-        "downloaded %d bytes from %s in %.1f s", blob.size, redact(url), time.monotonic() - started
-    )
     return blob.size
 
 
@@ -140,7 +136,6 @@ class BlobReader(io.RawIOBase):
                     self.url,
                     memoryview(bytearray(end - start)),
                     start,
-                    end,
                     self.size,
                     self._options,
                     self._stop.is_set,
@@ -198,12 +193,13 @@ def _fetch_part(
     url: str,
     view: memoryview,
     start: int,
-    end: int,
     size: int,
     options: TransferOptions,
     stopped: Callable[[], bool],
 ) -> memoryview:
-    """Bytes [start, end) into `view`; resumes where a short response stopped."""
+    """The blob's bytes from `start` into all of `view`; resumes where a short response
+    stopped."""
+    end = start + len(view)
     position = start
     problem = ""
     for attempt in range(options.attempts):

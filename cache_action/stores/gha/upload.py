@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,12 +83,12 @@ class BlockPipeline:
         self._send_whole = send_whole
         self._workers = max(1, concurrency)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="gha-upload")
-        self._futures: list[Future[None]] = []
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 1
         self._buffer = bytearray(block_size)
         self._filled = 0
-        self._failed = threading.Event()
+        self._error: BaseException | None = None  # the first block that failed
+        self._stopped = threading.Event()  # blocks not yet started are not sent
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -109,49 +109,45 @@ class BlockPipeline:
             else:
                 if self._filled:
                     self._hand_off()
-                wait(self._futures, return_when=FIRST_EXCEPTION)
-                self._raise_first_failure()
+                self._pool.shutdown(wait=True)  # every block sent, or skipped after a failure
+                self._raise_failure()
         finally:
             self.abort()
         return self.size
 
     def abort(self) -> None:
-        self._failed.set()  # blocks not yet started are not sent
-        for future in self._futures:
-            future.cancel()
-        self._pool.shutdown(wait=True)
+        self._stopped.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _hand_off(self) -> None:
         """Queue the filled buffer for sending and take a free one (waiting, if every buffer
         is in flight, until a sender returns one)."""
-        self._raise_first_failure()
-        index = self.blocks
-        offset = index * self.block_size
-        buffer, length = self._buffer, self._filled
-        self._futures.append(self._pool.submit(self._send, index, offset, buffer, length))
+        self._raise_failure()
+        offset = self.blocks * self.block_size
+        self._pool.submit(self._send, self.blocks, offset, self._buffer, self._filled)
         self.blocks += 1
         if self._allocated <= self._workers:
             self._allocated += 1
             self._buffer = bytearray(self.block_size)
         else:
             self._buffer = self._free.get()
-            self._raise_first_failure()
+            self._raise_failure()
         self._filled = 0
 
     def _send(self, index: int, offset: int, buffer: bytearray, length: int) -> None:
         try:
-            if not self._failed.is_set():
+            if not self._stopped.is_set():
                 self._send_block(index, offset, memoryview(buffer)[:length])
-        except BaseException:
-            self._failed.set()
-            raise
+        except BaseException as error:
+            if self._error is None:
+                self._error = error
+            self._stopped.set()
         finally:
             self._free.put(buffer)
 
-    def _raise_first_failure(self) -> None:
-        for future in self._futures:
-            if future.done() and not future.cancelled() and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 # --- the v2 blob upload -------------------------------------------------------------------
@@ -254,13 +250,6 @@ class BlobUpload:
             if not retryable(response.status):
                 break
         raise TransferError(f"upload to {redact(self.url)} failed: {problem}")
-
-
-def upload_file(url: str, path: Path, options: TransferOptions = DEFAULT_TRANSFER) -> int:
-    """Upload a complete file to the signed blob `url`; returns the size sent."""
-    upload = BlobUpload(url, options)
-    feed_file(path, upload)
-    return upload.finish()
 
 
 def feed_file(path: Path, upload: ArchiveUpload) -> None:
