@@ -23,10 +23,11 @@ RUN python3 -m pip install --no-cache-dir --no-deps . \
 COPY entrypoint.py /usr/local/bin/entrypoint.py
 RUN ln -s entrypoint.py /usr/local/bin/post-entrypoint.py
 
-# Standalone service: the container's own network namespace, so it listens on all of it;
-# publish the port on the host's loopback (docker run -p 127.0.0.1:5000:5000 ...).
-ENV CACHE_LISTEN=0.0.0.0:5000 \
-    CACHE_ALLOW_REMOTE=true
+# Standalone service: it listens on all of its container's network and, without credentials,
+# answers only its own machine (the host, through a port published on 127.0.0.1, and the
+# container's Docker network); publish it with -p 127.0.0.1:5000:5000. Beyond that it needs
+# CACHE_HTPASSWD (and CACHE_TLS_CERT/KEY), see the README.
+ENV CACHE_LISTEN=0.0.0.0:5000
 # GitHub runs container actions as root (no USER); the service needs nothing more.
 VOLUME ["/cache"]
 EXPOSE 5000

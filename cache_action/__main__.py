@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,12 +38,34 @@ def _parser() -> argparse.ArgumentParser:
         help="run the OCI registry over a cache root; without --root, run the standalone "
         "service configured by environment variables (BUILDKIT_CACHE_REPO, ...)",
     )
-    serve_cmd.add_argument("--root", type=Path, help="the cache directory")
-    serve_cmd.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT (loopback)")
+    serve_cmd.add_argument("--root", type=Path, help="the cache directory (the registry's root)")
     serve_cmd.add_argument(
-        "--allow-remote", action="store_true", help="allow a non-loopback --listen address"
+        "--listen",
+        default="127.0.0.1:5000",
+        help="HOST:PORT to listen on (default %(default)s; port 0 picks a free one); beyond "
+        "loopback it needs --htpasswd or --insecure-no-auth",
     )
-    serve_cmd.add_argument("--ready-file", type=Path, help="written once the registry listens")
+    serve_cmd.add_argument(
+        "--htpasswd", type=Path, help="read-write users: a bcrypt htpasswd file (htpasswd -nB)"
+    )
+    serve_cmd.add_argument(
+        "--htpasswd-read-only", type=Path, help="read-only users (pull only), the same format"
+    )
+    serve_cmd.add_argument(
+        "--token-lifetime",
+        default="5m",
+        help="how long the bearer tokens of /token last (default %(default)s)",
+    )
+    serve_cmd.add_argument("--tls-cert", type=Path, help="serve HTTPS: the PEM certificate chain")
+    serve_cmd.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    serve_cmd.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve anyone who can connect to a non-loopback --listen, without credentials",
+    )
+    serve_cmd.add_argument(
+        "--ready-file", type=Path, help="a JSON file written once the registry listens"
+    )
     serve_cmd.add_argument("--log-requests", action="store_true", help="log every request")
 
     gc_cmd = commands.add_parser("gc", help="delete blobs no tag reaches")
@@ -114,13 +138,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":  # aiohttp is imported only here: other commands start faster
         import asyncio
 
-        from cache_action.registry.server import ServeConfig, parse_listen, serve
+        from cache_action.registry.server import serve
+        from cache_action.registry.settings import FLAGS, parse_serve_settings
         from cache_action.service import run_service
 
         if args.root is None:
             return run_service(os.environ)
-        host, port = parse_listen(args.listen, args.allow_remote)
-        config = ServeConfig(args.root, host, port, args.ready_file, args.log_requests)
+        values = {key: _flag_text(getattr(args, key)) for key in FLAGS}
+        config = parse_serve_settings(values, FLAGS, args.root, args.ready_file, args.log_requests)
         asyncio.run(serve(config))
         return 0
     layout = Layout(args.root)
@@ -137,6 +162,13 @@ def _run(args: argparse.Namespace) -> int:
     document["last_run"] = read_stats(layout)
     print(json.dumps(document, indent=1))
     return 0
+
+
+def _flag_text(value: object) -> str:
+    """A flag's value as the settings parser takes it: '' for unset, 'true' for a switch."""
+    if value is None or value is False:
+        return ""
+    return "true" if value is True else str(value)
 
 
 def _prune(args: argparse.Namespace, layout: Layout) -> int:
@@ -172,13 +204,31 @@ def _prune(args: argparse.Namespace, layout: Layout) -> int:
 
 
 def health(ready_file: Path) -> int:
-    """For HEALTHCHECK: the ready file names the address; /v2/ must answer 200."""
+    """For HEALTHCHECK: the ready file names the registry; /v2/ must answer as a registry does
+    (200, or 401 when it asks for credentials). Says why when it does not."""
     try:
-        address = json.loads(ready_file.read_text())["address"]
-        with urllib.request.urlopen(f"http://{address}/v2/", timeout=4) as response:
-            return 0 if response.status == 200 else 1
-    except (OSError, ValueError, KeyError):
+        document = json.loads(ready_file.read_text())
+        url = str(document.get("url") or f"http://{document['address']}")
+    except FileNotFoundError:
+        print(f"unhealthy: no ready file at {ready_file}: the registry is not listening (yet)")
         return 1
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        print(f"unhealthy: the ready file {ready_file} is unreadable: {error}")
+        return 1
+    # Its own certificate may name a public host, not the loopback address probed here.
+    context = ssl._create_unverified_context()
+    try:
+        with urllib.request.urlopen(f"{url}/v2/", timeout=4, context=context) as response:
+            status, headers = response.status, response.headers
+    except urllib.error.HTTPError as error:
+        status, headers = error.code, error.headers
+    except OSError as error:
+        print(f"unhealthy: {url}/v2/ does not answer: {error}")
+        return 1
+    if status in (200, 401) and headers.get("Docker-Distribution-API-Version"):
+        return 0
+    print(f"unhealthy: {url}/v2/ answered {status}, not as a registry")
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ CacheActionError            anything this package reports to a user
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -62,10 +63,16 @@ class OCIError(CacheActionError):
     """A failure of a registry operation; the HTTP layer maps the code to a status."""
 
     def __init__(
-        self, code: ErrorCode, message: str, detail: object = None, status: int | None = None
+        self,
+        code: ErrorCode,
+        message: str,
+        detail: object = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.detail = detail
         self.status = status  # overrides the code's usual HTTP status (416, 413)
+        self.headers = dict(headers or {})  # e.g. the WWW-Authenticate challenge of a 401

@@ -7,12 +7,20 @@ environment variables: restore at start, serve, save periodically and at shutdow
     CACHE_TTL             drop tags unused for this long (e.g. 7d), before each save
     CACHE_MAX_SIZE        size budget (e.g. 20GB): least recently used tags go first
     CACHE_ROOT            the registry's directory (default /cache/registry)
-    CACHE_LISTEN          HOST:PORT (default 127.0.0.1:5000; the image sets 0.0.0.0:5000)
-    CACHE_ALLOW_REMOTE    true to allow a non-loopback CACHE_LISTEN (set by the image)
+    CACHE_LISTEN          HOST:PORT (default 127.0.0.1:5000; the image sets 0.0.0.0:5000, all
+                          of its container's network: publish it with -p 127.0.0.1:5000:5000)
+    CACHE_HTPASSWD        bcrypt htpasswd file of read-write users (htpasswd -nB USER)
+    CACHE_HTPASSWD_READ_ONLY   the same, users who may only pull
+    CACHE_TOKEN_LIFETIME  how long bearer tokens last (default 5m)
+    CACHE_TLS_CERT, CACHE_TLS_KEY   serve HTTPS with this PEM certificate chain and key
+    CACHE_INSECURE_NO_AUTH  true: serve anyone who can connect, without credentials. Without
+                          it and without credentials, a service in a container answers only
+                          its own machine (loopback and its Docker network).
     CACHE_SAVE_INTERVAL   how often to prune and save while serving (default 10m; 0: at
                           shutdown only). Requests wait while a prune runs (a second or two).
     CACHE_NAMESPACE, CACHE_SCOPE, CACHE_REF   the entry name (service, default, main)
     CACHE_READY_FILE      written once listening (default /run/cache-action/ready.json)
+    CACHE_LOG_REQUESTS    true to log every request
     S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION   S3 settings (else the AWS chain)
 """
 
@@ -28,7 +36,8 @@ from pathlib import Path
 from cache_action.errors import InputError, StoreError
 from cache_action.registry import READY_FILE
 from cache_action.registry.context import Registry
-from cache_action.registry.server import ServeConfig, parse_listen, serve
+from cache_action.registry.server import serve
+from cache_action.registry.settings import TRUE, VARIABLES, ServeConfig, parse_serve_settings
 from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.digests import Digest
 from cache_action.storage.lock import root_lock
@@ -45,9 +54,7 @@ RECENT_SECONDS = 3600.0
 @dataclass(frozen=True)
 class ServiceConfig:
     store_url: str
-    root: Path
-    host: str
-    port: int
+    serve: ServeConfig
     mode: str
     ttl_seconds: float | None
     max_size_bytes: int | None
@@ -56,18 +63,22 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServiceConfig:
-        host, port = parse_listen(
-            env.get("CACHE_LISTEN", "127.0.0.1:5000"),
-            env.get("CACHE_ALLOW_REMOTE", "").lower() == "true",
-        )
         mode = env.get("CACHE_MODE", "max")
         if mode not in ("min", "max"):
             raise InputError("CACHE_MODE", mode, "min or max")
+        root = Path(env.get("CACHE_ROOT", "/cache/registry"))
+        store_url = _store_url(env)
+        _check_apart(store_url, root)
+        serve_config = parse_serve_settings(
+            {key: env.get(name, "") for key, name in VARIABLES.items()},
+            VARIABLES,
+            root,
+            Path(env.get("CACHE_READY_FILE", str(READY_FILE))),
+            env.get("CACHE_LOG_REQUESTS", "").lower() in TRUE,
+        )
         return cls(
-            store_url=_store_url(env),
-            root=Path(env.get("CACHE_ROOT", "/cache/registry")),
-            host=host,
-            port=port,
+            store_url=store_url,
+            serve=serve_config,
             mode=mode,
             ttl_seconds=parse_duration("CACHE_TTL", env.get("CACHE_TTL", "7d")),
             max_size_bytes=parse_size("CACHE_MAX_SIZE", env.get("CACHE_MAX_SIZE", "")),
@@ -97,17 +108,37 @@ def _store_url(env: Mapping[str, str]) -> str:
     )
 
 
+def _check_apart(store_url: str, root: Path) -> None:
+    """A local store and the registry root may share a volume (store /cache, root
+    /cache/registry) but not directories: each would take the other's files for its own."""
+    if not store_url.startswith("local://"):
+        return
+    store = Path(store_url.removeprefix("local://")).absolute()
+    registry = root.absolute()
+    if registry == store or store.is_relative_to(registry):
+        raise InputError(
+            "BUILDKIT_CACHE_REPO",
+            store_url,
+            f"a directory outside the registry root CACHE_ROOT={registry} (e.g. local:///cache "
+            "with the default root /cache/registry)",
+        )
+    if any(registry.is_relative_to(store / part) for part in ("blobs", "entries")):
+        raise InputError(
+            "CACHE_ROOT", str(registry), f"a directory outside {store}/blobs and /entries"
+        )
+
+
 def run_service(env: Mapping[str, str]) -> int:
     config = ServiceConfig.from_env(env)
     store = open_store(config.store_url, env, "BUILDKIT_CACHE_REPO")
-    storage = Storage.open(config.root)
+    storage = Storage.open(config.serve.root)
     try:
         with root_lock(storage.layout, "restore"):
             result = store.restore(storage.layout, [[config.entry]])
         log.info("restored from %s: %s", store.description, result.to_json())
     except (StoreError, OSError) as error:
         log.warning("restore failed, starting cold: %s", error)
-    ref = f"127.0.0.1:{config.port}/cache:<tag>"
+    ref = f"127.0.0.1:{config.serve.listen.port}/cache:<tag>"
     log.info(
         "use: --cache-from type=registry,ref=%s --cache-to type=registry,ref=%s,mode=%s",
         ref,
@@ -127,9 +158,7 @@ def run_service(env: Mapping[str, str]) -> int:
         _prune(registry.storage, _policy(config, serving=False))
         _save(store, registry.storage, config.entry)
 
-    ready_file = Path(env.get("CACHE_READY_FILE", str(READY_FILE)))
-    serve_config = ServeConfig(config.root, config.host, config.port, ready_file)
-    asyncio.run(serve(serve_config, maintain_periodically, prune_and_save_at_shutdown))
+    asyncio.run(serve(config.serve, maintain_periodically, prune_and_save_at_shutdown))
     return 0
 
 

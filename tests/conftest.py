@@ -55,12 +55,11 @@ class RegistryProcess:
     root: Path
     ready_file: Path
     log_file: Path
+    listen: str = "127.0.0.1:0"
+    options: tuple[str, ...] = ()  # more `serve` flags: --htpasswd, --tls-cert, ...
     process: subprocess.Popen[bytes] | None = None
     address: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
+    url: str = ""
 
     def start(self, timeout: float = 20.0) -> RegistryProcess:
         self.ready_file.unlink(missing_ok=True)
@@ -74,9 +73,10 @@ class RegistryProcess:
                 "--root",
                 str(self.root),
                 "--listen",
-                "127.0.0.1:0",
+                self.listen,
                 "--ready-file",
                 str(self.ready_file),
+                *self.options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -88,7 +88,8 @@ class RegistryProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"registry not ready:\n{self.log_file.read_text()}")
             time.sleep(0.02)
-        self.address = json.loads(self.ready_file.read_text())["address"]
+        ready = json.loads(self.ready_file.read_text())
+        self.address, self.url = ready["address"], ready["url"]
         return self
 
     def stop(self, timeout: float = 30.0) -> int:

@@ -117,9 +117,10 @@ def start_registry(
     ]
     options: dict[str, Any] = {}
     if me.job_network:
-        # Its own network namespace: listening on all of it is private; the host sees only
-        # the port published on 127.0.0.1.
-        command += ["--listen", f"0.0.0.0:{port}", "--allow-remote"]
+        # Its own network namespace: it listens on all of it and, having no credentials, serves
+        # only the job's network (the job's containers, the host through the port published
+        # on its 127.0.0.1); see registry/auth.py.
+        command += ["--listen", f"0.0.0.0:{port}"]
         options["network"] = me.job_network
         options["networking_config"] = {
             me.job_network: client.api.create_endpoint_config(aliases=[name])

@@ -9,6 +9,14 @@ from aiohttp.typedefs import Handler
 
 from cache_action.errors import ErrorCode, OCIError
 from cache_action.registry import blobs, manifests, uploads
+from cache_action.registry.auth import (
+    GATEKEEPER,
+    TOKEN_PATH,
+    Anyone,
+    Gatekeeper,
+    access_control,
+    token_endpoint,
+)
 from cache_action.registry.context import REGISTRY, Registry, registry_of
 from cache_action.registry.errors import error_response
 from cache_action.storage.root import Storage
@@ -86,9 +94,17 @@ async def _api_version_header(request: web.Request, response: web.StreamResponse
     response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
 
 
-def create_app(storage: Storage) -> web.Application:
-    app = web.Application(middlewares=[oci_errors], client_max_size=1024**2)
+def create_app(storage: Storage, gatekeeper: Gatekeeper | None = None) -> web.Application:
+    """`gatekeeper` decides who may do what (auth.py); by default anyone who can connect."""
+    gatekeeper = gatekeeper or Gatekeeper(Anyone())
+    app = web.Application(
+        middlewares=[oci_errors, access_control(gatekeeper)], client_max_size=1024**2
+    )
     app[REGISTRY] = Registry(storage)
+    app[GATEKEEPER] = gatekeeper
     app.router.add_routes(_routes())
+    if gatekeeper.issues_tokens:
+        app.router.add_get(TOKEN_PATH, token_endpoint, allow_head=False)
+        app.router.add_post(TOKEN_PATH, token_endpoint)
     app.on_response_prepare.append(_api_version_header)
     return app

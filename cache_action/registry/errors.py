@@ -35,5 +35,5 @@ def error_response(error: OCIError, headers: dict[str, str] | None = None) -> we
         status=error.status or STATUS[error.code],
         body=json.dumps({"errors": [entry]}).encode(),
         content_type="application/json",
-        headers=headers,
+        headers={**error.headers, **(headers or {})},
     )

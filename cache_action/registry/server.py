@@ -7,21 +7,20 @@ the post stage (or the next job) sees everything the build did.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from cache_action.errors import InputError
 from cache_action.registry.app import create_app
+from cache_action.registry.auth import Gatekeeper, describe
 from cache_action.registry.context import REGISTRY, Registry
+from cache_action.registry.settings import ServeConfig
 from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
 from cache_action.storage.lock import root_lock
@@ -31,40 +30,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    root: Path
-    host: str = "127.0.0.1"
-    port: int = 5000
-    ready_file: Path | None = None
-    log_requests: bool = False
-
-
-def parse_listen(text: str, allow_remote: bool = False) -> tuple[str, int]:
-    """`host:port` (IPv6 as `[::1]:5000`); a non-loopback host needs `allow_remote`."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    accepted = "HOST:PORT with an IP address and a port from 0 to 65535, e.g. 127.0.0.1:5000"
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise InputError("--listen", text, accepted)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise InputError("--listen", text, accepted) from None
-        address = ipaddress.ip_address("127.0.0.1")
-    if not address.is_loopback:
-        if not allow_remote:
-            raise InputError(
-                "--listen",
-                text,
-                "a loopback address (127.0.0.0/8 or ::1); add --allow-remote to listen on "
-                f"{host}, which exposes an unauthenticated registry to the network",
-            )
-        log.warning("listening on %s: the registry has no authentication", host)
-    return str(address), int(port_text)
 
 
 Hook = Callable[[Registry], Coroutine[Any, Any, None]]
@@ -78,7 +43,7 @@ async def serve(
     storage = Storage.open(config.root)
     with root_lock(storage.layout, "serve"):
         storage.uploads.clear()
-        app = create_app(storage)
+        app = create_app(storage, Gatekeeper(config.policy))
         runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -91,12 +56,21 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+            site = web.TCPSite(
+                runner,
+                config.listen.host,
+                config.listen.port,
+                reuse_address=True,
+                ssl_context=config.tls,
+            )
             await site.start()
             address = _bound_address(runner)
-            log.info("registry serving %s on http://%s", storage.layout.root, address)
+            url = f"{config.scheme}://{address}"
+            log.info(
+                "registry serving %s on %s (%s)", storage.layout.root, url, describe(config.policy)
+            )
             if config.ready_file is not None:
-                _write_ready_file(config.ready_file, address)
+                _write_ready_file(config.ready_file, address, url)
             tasks = [asyncio.create_task(_housekeeping(storage))]
             if periodic is not None:
                 tasks.append(asyncio.create_task(periodic(app[REGISTRY])))
@@ -130,9 +104,10 @@ def _bound_address(runner: web.AppRunner) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _write_ready_file(path: Path, address: str) -> None:
+def _write_ready_file(path: Path, address: str, url: str) -> None:
     """Readiness that needs no TCP connection: the action container is on another network."""
-    write_atomic(path, json.dumps({"address": address, "started_at": time.time()}).encode())
+    document = {"address": address, "url": url, "started_at": time.time()}
+    write_atomic(path, json.dumps(document).encode())
 
 
 async def _housekeeping(storage: Storage) -> None:

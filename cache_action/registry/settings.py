@@ -1,0 +1,139 @@
+"""The registry's settings, parsed once at the edge from flags (`serve`) or environment
+variables (the standalone service): one parser, the setting names differ.
+
+Beyond loopback the registry needs credentials or the user's explicit --insecure-no-auth,
+except in a container on a Docker network, where it serves only its own machine (auth.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cache_action.errors import InputError
+from cache_action.registry.auth import Anyone, Credentials, Policy, choose_policy, load_credentials
+from cache_action.units import parse_duration
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:5000"
+DEFAULT_TOKEN_LIFETIME = "5m"
+TRUE = ("1", "true", "yes")
+
+# Setting names as users write them: the flags of `serve`, the service's variables.
+FLAGS = {
+    "listen": "--listen",
+    "htpasswd": "--htpasswd",
+    "htpasswd_read_only": "--htpasswd-read-only",
+    "insecure_no_auth": "--insecure-no-auth",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "token_lifetime": "--token-lifetime",
+}
+VARIABLES = {
+    "listen": "CACHE_LISTEN",
+    "htpasswd": "CACHE_HTPASSWD",
+    "htpasswd_read_only": "CACHE_HTPASSWD_READ_ONLY",
+    "insecure_no_auth": "CACHE_INSECURE_NO_AUTH",
+    "tls_cert": "CACHE_TLS_CERT",
+    "tls_key": "CACHE_TLS_KEY",
+    "token_lifetime": "CACHE_TOKEN_LIFETIME",
+}
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.host).is_loopback
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    root: Path
+    listen: Listen = Listen("127.0.0.1", 5000)
+    ready_file: Path | None = None
+    log_requests: bool = False
+    policy: Policy = field(default_factory=Anyone)
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+
+def parse_listen(setting: str, text: str) -> Listen:
+    """`host:port` (IPv6 as `[::1]:5000`, `localhost` as 127.0.0.1)."""
+    host, separator, port_text = text.strip().rpartition(":")
+    host = host.strip("[]")
+    accepted = "HOST:PORT with an IP address and a port from 0 to 65535, e.g. 127.0.0.1:5000"
+    if not separator or not port_text.isascii() or not port_text.isdigit():
+        raise InputError(setting, text, accepted)
+    if int(port_text) > 65535:
+        raise InputError(setting, text, accepted)
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError(setting, text, accepted) from None
+    return Listen(str(address), int(port_text))
+
+
+def _tls_context(cert: tuple[str, str], key: tuple[str, str]) -> ssl.SSLContext | None:
+    """Both or neither of (setting, path)."""
+    if not cert[1] and not key[1]:
+        return None
+    for (setting, path), other in ((cert, key), (key, cert)):
+        if not path:
+            raise InputError(setting, "", f"a PEM file, given together with {other[0]}")
+    for setting, path in (cert, key):
+        if not Path(path).is_file():
+            raise InputError(setting, path, "a readable PEM file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert[1], key[1])
+    except (ssl.SSLError, OSError) as error:
+        raise InputError(
+            key[0], key[1], f"the PEM private key of the certificate in {cert[0]} ({error})"
+        ) from None
+    return context
+
+
+def parse_serve_settings(
+    values: Mapping[str, str],
+    names: Mapping[str, str],
+    root: Path,
+    ready_file: Path | None = None,
+    log_requests: bool = False,
+) -> ServeConfig:
+    """`values` are keyed like FLAGS ('' or missing for unset); `names` name them to users."""
+
+    def named(key: str) -> tuple[str, str]:
+        return names[key], str(values.get(key) or "").strip()
+
+    listen_text = named("listen")[1] or DEFAULT_LISTEN
+    listen = parse_listen(names["listen"], listen_text)
+    lifetime = parse_duration(
+        names["token_lifetime"], named("token_lifetime")[1] or DEFAULT_TOKEN_LIFETIME
+    )
+    if lifetime is None:
+        raise InputError(names["token_lifetime"], "0", "a lifetime such as 5m or 1h")
+    credentials = load_credentials(named("htpasswd"), named("htpasswd_read_only"), lifetime)
+    insecure_value = named("insecure_no_auth")[1].lower()
+    if insecure_value not in ("", "false", "0", "no", *TRUE):
+        raise InputError(names["insecure_no_auth"], insecure_value, "true or false")
+    insecure = names["insecure_no_auth"] if insecure_value in TRUE else ""
+    policy = choose_policy((names["listen"], listen_text), listen.loopback, credentials, insecure)
+    tls = _tls_context(named("tls_cert"), named("tls_key"))
+    if isinstance(policy, Credentials) and tls is None and not listen.loopback:
+        log.warning("credentials travel unencrypted: add a TLS certificate (%s)", names["tls_cert"])
+    return ServeConfig(root, listen, ready_file, log_requests, policy, tls)
