@@ -520,9 +520,7 @@ def test_docker_networks_are_the_subnets_behind_veth_interfaces(tmp_path: Path) 
     routes.write_text(ROUTES)
     # In a container: eth0 is a veth (its link is the peer's index); eth1 a macvlan-like NIC.
     container = fake_interfaces(tmp_path / "c", {"lo": (1, 1), "eth0": (9, 10), "eth1": (3, 3)})
-    assert peers.docker_networks(container, routes) == (
-        ipaddress.ip_network("172.18.0.0/16"),
-    )
+    assert peers.docker_networks(container, routes) == (ipaddress.ip_network("172.18.0.0/16"),)
     # On a host, or a container on the host network: no veth, nothing but loopback is local.
     host = fake_interfaces(tmp_path / "h", {"lo": (1, 1), "eth0": (2, 2), "docker0": (4, 4)})
     assert peers.docker_networks(host, routes) == ()
