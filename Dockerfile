@@ -31,7 +31,9 @@ ENV CACHE_LISTEN=0.0.0.0:5000
 # GitHub runs container actions as root (no USER); the service needs nothing more.
 VOLUME ["/cache"]
 EXPOSE 5000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+# Every 5 s: the runner waits for "healthy" before a job's first step, and Docker probes first
+# one interval after the start. The start period covers a long restore from the store.
+HEALTHCHECK --interval=5s --timeout=4s --start-period=300s --retries=3 \
   CMD ["python3", "-m", "cache_action", "health"]
 ENTRYPOINT ["python3", "-m", "cache_action"]
 CMD ["serve"]

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -35,9 +36,12 @@ import pytest
 import requests
 
 from tests.conftest import require, require_tool
+from tests.credentials import make_pki, write_htpasswd
 from tests.images import Image, make_image
+from tests.readme import PUBLISHED_IMAGE, shell_command, workflow_with
 from tests.runner import (
     INSTANCE_LABEL,
+    REPO_ROOT,
     TEST_BASE_IMAGE,
     ActionImage,
     RunnerJob,
@@ -53,6 +57,7 @@ from tests.runner import (
     remove_container,
 )
 from tests.seaweed import S3Server, SeaweedProcess, find_weed
+from tests.services import JobServices
 
 pytestmark = pytest.mark.docker
 
@@ -783,12 +788,16 @@ def wait_healthy(name: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def container_logs(name: str) -> str:
+    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=60)
+    return logs.stdout + logs.stderr
+
+
 def stop_service(name: str) -> tuple[int, str]:
     """`docker stop` (SIGTERM, the default 10 s grace); its exit code and logs."""
     docker("stop", name)
     state = json.loads(docker("container", "inspect", name))[0]["State"]
-    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=60)
-    return int(state["ExitCode"]), logs.stdout + logs.stderr
+    return int(state["ExitCode"]), container_logs(name)
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
@@ -848,3 +857,309 @@ def test_standalone_service_saves_at_stop_and_restores_on_the_next_start(
     assert code == 0, logs
     assert "'hit': 'exact'" in logs, logs
     assert "nothing changed since the restore" in logs, logs
+
+
+# --- the service as the README documents it ---------------------------------------------------
+
+
+def outward_address() -> str:
+    """This machine's address on its default route: what a peer beyond it connects to (a
+    UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("198.51.100.1", 9))
+            address: str = sock.getsockname()[0]
+    except OSError:
+        address = ""
+    require(bool(address) and not address.startswith("127."), "a non-loopback default route")
+    return address
+
+
+def readme_docker_run(prefix: str, image: ActionImage, replace: dict[str, str]) -> list[str]:
+    """The README's `docker run` line with the image (and what `replace` names) replaced."""
+    line = shell_command(prefix).replace(PUBLISHED_IMAGE, image.tag)
+    for old, new in replace.items():
+        assert old in line, (old, line)
+        line = line.replace(old, new)
+    return shlex.split(line)
+
+
+def wait_answering(name: str, url: str, timeout: float = 60) -> requests.Response:
+    """Until the registry answers at all (200 or 401), then until Docker calls it healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            response = requests.get(f"{url}/v2/", timeout=2, verify=False)
+            if response.status_code in (200, 401):
+                break
+        state = json.loads(docker("container", "inspect", name))[0]["State"]
+        assert state["Running"], docker("logs", name)
+        assert time.monotonic() < deadline, docker("logs", name)
+        time.sleep(0.2)
+    wait_healthy(name)
+    return response
+
+
+def request_from_container(network: str, url: str) -> int:
+    """GET `url` from a container on `network` (a job container's step); its status."""
+    script = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+    )
+    output = docker(
+        "run", "--rm", "--network", network, TEST_BASE_IMAGE, "python3", "-c", script, url
+    )
+    return int(output.strip())
+
+
+def test_service_docker_run_from_the_readme_serves_this_machine_and_saves_at_stop(
+    action_image: ActionImage,
+    skopeo: str,
+    images: Images,
+    tmp_path: Path,
+    containers: list[str],
+) -> None:
+    port = free_port()
+    volume = tmp_path / "buildkit-cache"
+    name = f"buildkit-cache-{secrets.token_hex(4)}"
+    argv = readme_docker_run(
+        "docker run -d --name buildkit-cache -p 127.0.0.1:5000:5000",
+        action_image,
+        {
+            "--name buildkit-cache": f"--name {name}",
+            "127.0.0.1:5000:5000": f"127.0.0.1:{port}:5000",
+            '"$PWD/buildkit-cache:/cache"': f"{volume}:/cache",
+        },
+    )
+    assert argv[:2] == ["docker", "run"]
+    containers.append(name)
+    docker(*argv[1:])
+    assert wait_answering(name, f"http://127.0.0.1:{port}").status_code == 200
+    skopeo_push(skopeo, images.a, f"127.0.0.1:{port}/cache:app")
+    # Containers on its Docker network are this machine too: a builder without host networking.
+    address = docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", name).strip()
+    assert request_from_container("bridge", f"http://{address}:5000/v2/") == 200
+    code, logs = stop_service(name)
+    assert code == 0, logs
+    assert "'saved': True" in logs, logs
+    # The store (local:///cache) and the registry (/cache/registry) share the volume.
+    entries = list((volume / "entries" / "service" / "default").rglob("*.json"))
+    assert len(entries) == 1, logs
+    assert {p.name for p in (volume / "blobs" / "sha256").iterdir()} >= {
+        d.split(":")[1] for d in images.a.blob_digests
+    }
+    assert (volume / "registry" / "cache" / "index.json").is_file()
+
+    shutil.rmtree(volume / "registry")  # only the store keeps the cache now
+    docker("rm", name)
+    docker(*argv[1:])
+    wait_answering(name, f"http://127.0.0.1:{port}")
+    assert_serves(skopeo, f"127.0.0.1:{port}/cache:app", images.a, tmp_path / "pulled")
+    code, logs = stop_service(name)
+    assert code == 0, logs
+    assert "'hit': 'exact'" in logs, logs
+
+
+def test_service_docker_run_for_remote_use_needs_credentials_and_speaks_tls(
+    action_image: ActionImage,
+    skopeo: str,
+    images: Images,
+    tmp_path: Path,
+    containers: list[str],
+) -> None:
+    host = outward_address()
+    port = free_port()
+    auth = tmp_path / "auth"
+    pki = make_pki(auth / "pki", [host])
+    shutil.copyfile(pki.cert, auth / "cert.pem")
+    shutil.copyfile(pki.key, auth / "key.pem")
+    (auth / "key.pem").chmod(0o644)  # read by root in the container; the test user owns it
+    writer, reader = ("writer", secrets.token_hex(8)), ("reader", secrets.token_hex(8))
+    write_htpasswd(auth / "htpasswd", dict([writer]))
+    write_htpasswd(auth / "htpasswd-read-only", dict([reader]))
+    name = f"buildkit-cache-{secrets.token_hex(4)}"
+    argv = readme_docker_run(
+        "docker run -d --name buildkit-cache -p 8080:5000",
+        action_image,
+        {
+            "--name buildkit-cache": f"--name {name}",
+            "8080:5000": f"{port}:5000",
+            '"$PWD/buildkit-cache:/cache"': f"{tmp_path / 'cache'}:/cache",
+            '"$PWD/auth:/auth:ro"': f"{auth}:/auth:ro",
+        },
+    )
+    containers.append(name)
+    docker(*argv[1:])
+    url = f"https://{host}:{port}"
+    assert wait_answering(name, url).status_code == 401
+    ref = f"{host}:{port}/cache:app"
+    cert_dir = f"--dest-cert-dir={pki.cert_dir}"
+    pushed = subprocess.run(
+        [
+            skopeo,
+            "copy",
+            "--preserve-digests",
+            cert_dir,
+            f"--dest-creds={writer[0]}:{writer[1]}",
+            f"oci:{images.a.layout}:{images.a.tag}",
+            f"docker://{ref}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = subprocess.run(
+        [
+            skopeo,
+            "copy",
+            f"--src-cert-dir={pki.cert_dir}",
+            f"--src-creds={reader[0]}:{reader[1]}",
+            f"docker://{ref}",
+            f"oci:{tmp_path / 'pulled'}:pulled",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    for creds, expected in ((None, "unauthorized"), (f"{reader[0]}:{reader[1]}", "denied")):
+        options = [f"--dest-creds={creds}"] if creds else []
+        refused = subprocess.run(
+            [
+                skopeo,
+                "copy",
+                cert_dir,
+                *options,
+                f"oci:{images.b.layout}:{images.b.tag}",
+                f"docker://{host}:{port}/cache:refused",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert refused.returncode != 0
+        assert expected in refused.stderr.lower(), refused.stderr
+    code, logs = stop_service(name)
+    assert code == 0, logs
+    assert writer[1] not in logs and reader[1] not in logs
+
+
+def test_service_compose_file_as_written(
+    action_image: ActionImage, skopeo: str, images: Images, tmp_path: Path
+) -> None:
+    compose = require_tool("docker-compose")
+    port = free_port()
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    assert PUBLISHED_IMAGE in text and '"127.0.0.1:5000:5000"' in text
+    text = text.replace(PUBLISHED_IMAGE, action_image.tag)
+    text = text.replace('"127.0.0.1:5000:5000"', f'"127.0.0.1:{port}:5000"')
+    (tmp_path / "docker-compose.yml").write_text(text)
+    project = f"cachetest{secrets.token_hex(4)}"
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [compose, "-p", project, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout + result.stderr
+
+    try:
+        run("up", "-d")
+        container = run("ps", "-q", "buildkit-cache").strip()
+        inspect = json.loads(docker("inspect", container))[0]
+        assert inspect["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert "CACHE_TTL=7d" in inspect["Config"]["Env"]
+        wait_answering(container, f"http://127.0.0.1:{port}")
+        skopeo_push(skopeo, images.a, f"127.0.0.1:{port}/cache:app")
+        run("stop")  # SIGTERM, with the file's 60 s grace
+        logs = container_logs(container)
+        assert "'saved': True" in logs, logs
+        # A fresh registry directory on the same volume: the next start restores from the store.
+        docker(
+            "run",
+            "--rm",
+            "-v",
+            f"{project}_cache:/cache",
+            "--entrypoint",
+            "rm",
+            action_image.tag,
+            "-rf",
+            "/cache/registry",
+        )
+        run("up", "-d")
+        container = run("ps", "-q", "buildkit-cache").strip()
+        wait_answering(container, f"http://127.0.0.1:{port}")
+        assert_serves(skopeo, f"127.0.0.1:{port}/cache:app", images.a, tmp_path / "pulled")
+        run("stop")
+        logs = container_logs(container)
+        assert "'hit': 'exact'" in logs, logs
+    finally:
+        subprocess.run(
+            [compose, "-p", project, "down", "-v"], cwd=tmp_path, capture_output=True, timeout=300
+        )
+
+
+def test_service_as_a_github_services_container(
+    action_image: ActionImage, skopeo: str, images: Images, tmp_path: Path
+) -> None:
+    job = workflow_with("services")
+    steps = job["steps"]
+    buildx = next(s for s in steps if str(s.get("uses", "")).startswith("docker/setup-buildx"))
+    assert buildx["with"]["driver-opts"] == "network=host"
+    save_step = steps[-1]
+    assert save_step["if"] == "always()"
+    host = outward_address()
+    port = free_port()
+    volume = tmp_path / "srv-buildkit-cache"
+    volume.mkdir()
+
+    def services() -> dict[str, Any]:
+        spec = dict(job["services"]["buildkit-cache"])
+        assert spec["image"] == PUBLISHED_IMAGE
+        assert spec["ports"] == ["5000:5000"]
+        spec["image"] = action_image.tag
+        spec["ports"] = [f"{port}:5000"]
+        spec["volumes"] = [v.replace("/srv/buildkit-cache", str(volume)) for v in spec["volumes"]]
+        return {"buildkit-cache": spec}
+
+    def last_step(service_id: str) -> None:
+        command = save_step["run"].replace("${{ job.services.buildkit-cache.id }}", service_id)
+        argv = shlex.split(command)
+        assert argv[0] == "docker"
+        docker(*argv[1:], timeout=120)
+
+    first = JobServices()
+    try:
+        first.start(services())
+        container = first.ids["buildkit-cache"]
+        print(f"the runner waited {first.waited['buildkit-cache']:.1f} s for healthy")
+        # BuildKit on the host network; a step in a job container by the alias.
+        skopeo_push(skopeo, images.a, f"127.0.0.1:{port}/cache:app")
+        assert request_from_container(first.network, "http://buildkit-cache:5000/v2/") == 200
+        # A peer beyond this machine reaches the published port, and is refused.
+        refused = requests.get(f"http://{host}:{port}/v2/", timeout=10)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["errors"][0]["code"] == "DENIED"
+        last_step(container)
+        logs = container_logs(container)
+        assert "'saved': True" in logs, logs
+        assert list((volume / "entries" / "service" / "default").rglob("*.json"))
+    finally:
+        first.stop()
+    assert not container_exists(container)
+
+    shutil.rmtree(volume / "registry")
+    second = JobServices()
+    try:
+        second.start(services())
+        assert_serves(skopeo, f"127.0.0.1:{port}/cache:app", images.a, tmp_path / "pulled")
+        logs = container_logs(second.ids["buildkit-cache"])
+        assert "'hit': 'exact'" in logs, logs
+    finally:
+        second.stop()
