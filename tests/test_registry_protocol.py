@@ -913,18 +913,22 @@ def test_manifest_whose_subject_does_not_exist_is_accepted(url: str) -> None:
     assert response.headers["OCI-Subject"] == digest(absent)
 
 
-def test_unknown_manifest(url: str) -> None:
+# A manifest that cannot exist does not exist: the conformance suite's `.INVALID_MANIFEST_NAME`
+# and `sha256:totallywrong` are 404s like an absent tag (test_registry_bad_input has the rest).
+@pytest.mark.parametrize(
+    "reference", ["nosuchtag", digest(b"nothing"), ".INVALID_MANIFEST_NAME", "sha256:totallywrong"]
+)
+@pytest.mark.parametrize(
+    ("name", "code"), [("known", "MANIFEST_UNKNOWN"), ("unknown", "NAME_UNKNOWN")]
+)
+def test_unknown_manifest(url: str, reference: str, name: str, code: str) -> None:
     push_image(url, "known", "latest")
-    for reference in ("nosuchtag", digest(b"nothing")):
-        get = requests.get(f"{url}/v2/known/manifests/{reference}", timeout=TIMEOUT)
-        assert get.status_code == 404
-        assert error_code(get) == "MANIFEST_UNKNOWN"
-        head = requests.head(f"{url}/v2/known/manifests/{reference}", timeout=TIMEOUT)
-        assert head.status_code == 404
-        assert head.content == b""
-    unknown_repo = requests.get(f"{url}/v2/unknown/manifests/latest", timeout=TIMEOUT)
-    assert unknown_repo.status_code == 404
-    assert error_code(unknown_repo) == "NAME_UNKNOWN"
+    get = requests.get(f"{url}/v2/{name}/manifests/{reference}", timeout=TIMEOUT)
+    assert get.status_code == 404
+    assert error_code(get) == code
+    head = requests.head(f"{url}/v2/{name}/manifests/{reference}", timeout=TIMEOUT)
+    assert head.status_code == 404
+    assert head.content == b""
 
 
 def test_manifests_endpoint_does_not_serve_plain_blobs(url: str) -> None:
@@ -1017,9 +1021,26 @@ def test_tags_list_last(url: str, tagged: list[str]) -> None:
 
 @pytest.mark.parametrize("n", ["-1", "abc", "1.5", "", "+3", "0x10"])
 def test_tags_list_bad_n(url: str, tagged: list[str], n: str) -> None:
-    response = requests.get(f"{url}/v2/tagged/tags/list", params={"n": n}, timeout=TIMEOUT)
-    assert response.status_code == 400
-    assert error_code(response) == "PAGINATION_NUMBER_INVALID"
+    """A malformed query is a 400 whether or not the repository exists."""
+    for name in ("tagged", "nosuchrepo"):
+        response = requests.get(f"{url}/v2/{name}/tags/list", params={"n": n}, timeout=TIMEOUT)
+        assert response.status_code == 400, name
+        assert error_code(response) == "PAGINATION_NUMBER_INVALID"
+
+
+@pytest.mark.parametrize(
+    ("last", "after"),
+    [("lb", ["main", "seed", "v10", "v2"]), ("..", sorted([*TAGS, "seed"])), ("~", [])],
+    ids=["absent-tag", "not-a-tag-before-all", "not-a-tag-after-all"],
+)
+def test_tags_list_last_is_a_position_not_a_lookup(
+    url: str, tagged: list[str], last: str, after: list[str]
+) -> None:
+    """`last` need not be a tag of the repository, nor even tag-shaped: it is a place in the
+    order, so the answer is the tags after it (distribution does the same), never a 404."""
+    response = requests.get(f"{url}/v2/tagged/tags/list", params={"last": last}, timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.json()["tags"] == after
 
 
 def test_tags_list_of_unknown_repository(url: str) -> None:

@@ -7,19 +7,20 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from cache_action.errors import ErrorCode, OCIError
-from cache_action.registry.context import digest_of, name_of, registry_of
+from cache_action.registry.context import digest_of, lookup_digest_of, name_of, registry_of
 
 IMMUTABLE = "max-age=31536000"
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     registry = registry_of(request)
-    name, digest = name_of(request), digest_of(request)
+    name, digest = name_of(request), lookup_digest_of(request)
     blobs = registry.storage.blobs
-    size = blobs.size(name, digest)
-    if size is None:
+    size = None if digest is None else blobs.size(name, digest)
+    if digest is None or size is None:
         registry.stats.blob_misses += 1
-        raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
+        asked = request.match_info["digest"][:200]
+        raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {asked} is not in {name}")
     registry.stats.blob_hits += 1
     registry.storage.access.touch_blob(digest)
     wanted = _usable_range(request)

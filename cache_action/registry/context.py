@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from cache_action.storage.access import RunStats
-from cache_action.storage.digests import Digest
+from cache_action.storage.digests import Digest, UnsupportedDigest
 from cache_action.storage.layout import validate_name
 from cache_action.storage.root import Storage
 
@@ -61,3 +61,13 @@ def name_of(request: web.Request) -> str:
 
 def digest_of(request: web.Request, key: str = "digest") -> Digest:
     return Digest.parse(request.match_info[key])
+
+
+def lookup_digest_of(request: web.Request, key: str = "digest") -> Digest | None:
+    """A read's digest; None when it is well formed but of an algorithm nothing is stored under
+    (the image spec lets unknown algorithms pass validation), so the read finds nothing and no
+    path is built from it. A malformed digest is still DIGEST_INVALID (400)."""
+    try:
+        return digest_of(request, key)
+    except UnsupportedDigest:
+        return None

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from cache_action.errors import ErrorCode, OCIError
-from cache_action.registry.context import Registry, digest_of, name_of, registry_of
-from cache_action.storage.digests import Digest, looks_like_digest
-from cache_action.storage.index import RepositoryIndex, descriptor
-from cache_action.storage.layout import validate_tag
+from cache_action.registry.context import Registry, lookup_digest_of, name_of, registry_of
+from cache_action.storage.digests import Digest
+from cache_action.storage.index import Descriptor, RepositoryIndex, descriptor
+from cache_action.storage.layout import parse_reference
 from cache_action.storage.manifests import (
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
@@ -42,14 +42,26 @@ def _repository(registry: Registry, name: str) -> RepositoryIndex:
     return index
 
 
+def _pulled_reference(name: str, reference: str) -> str | Digest:
+    """A GET/HEAD reference that is neither a valid tag nor a digest we store names no manifest:
+    404 like any other miss (the spec gives end-3 no 400), and no path is built from it."""
+    try:
+        return parse_reference(reference)
+    except OCIError as error:
+        message = f"no such manifest in {name}: {error.message}"
+        raise OCIError(ErrorCode.MANIFEST_UNKNOWN, message) from None
+
+
 def _resolve(registry: Registry, name: str, reference: str) -> _Resolved:
+    """The repository first: in one that does not exist every reference is NAME_UNKNOWN."""
     index = _repository(registry, name)
+    wanted = _pulled_reference(name, reference)
     tag = None
-    if looks_like_digest(reference):
-        digest = Digest.parse(reference)
+    if isinstance(wanted, Digest):
+        digest = wanted
         entry = index.by_digest(digest)
     else:
-        tag = validate_tag(reference)
+        tag = wanted
         entry = index.by_tag(tag)
         if entry is None:
             raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"tag {tag} is not in {name}")
@@ -122,9 +134,9 @@ def _missing_references(registry: Registry, name: str, manifest: Manifest) -> li
 async def put_manifest(request: web.Request) -> web.Response:
     registry = registry_of(request)
     name = name_of(request)
-    reference = request.match_info["reference"]
-    tag = None if looks_like_digest(reference) else validate_tag(reference)
-    wanted = Digest.parse(reference) if tag is None else None
+    target = parse_reference(request.match_info["reference"])  # a bad one is a 400, unlike on GET
+    tag = target if isinstance(target, str) else None
+    wanted = target if isinstance(target, Digest) else None
     body = await _read_manifest_body(request)
     manifest = parse_manifest(body, request.headers.get("Content-Type"))
     digest = Digest.of(body, wanted.algorithm if wanted else "sha256")
@@ -168,17 +180,17 @@ async def delete_manifest(request: web.Request) -> web.Response:
     reference = request.match_info["reference"]
     storage = registry.storage
     _repository(registry, name)
-    if looks_like_digest(reference):
-        digest = Digest.parse(reference)
+    target = parse_reference(reference)  # a bad one is a 400, unlike on GET
+    if isinstance(target, Digest):
         try:
             _resolve(registry, name, reference)  # manifests only: never a layer through here
         except OCIError:
-            found = storage.indexes.remove_digest(name, digest)  # a dangling entry, if any
+            found = storage.indexes.remove_digest(name, target)  # a dangling entry, if any
         else:
-            storage.indexes.remove_digest(name, digest)
-            found = storage.blobs.delete(name, digest)
+            storage.indexes.remove_digest(name, target)
+            found = storage.blobs.delete(name, target)
     else:
-        found = storage.indexes.remove_tag(name, validate_tag(reference))
+        found = storage.indexes.remove_tag(name, target)
     if not found:
         raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference} is not in {name}")
     return web.Response(status=202)
@@ -187,54 +199,80 @@ async def delete_manifest(request: web.Request) -> web.Response:
 async def list_tags(request: web.Request) -> web.Response:
     registry = registry_of(request)
     name = name_of(request)
+    limit = _page_size(request)  # first: a malformed query is a 400 in any repository
     tags = _repository(registry, name).tags()
     last = request.query.get("last")
-    if last is not None:
+    if last is not None:  # a position in the order, not a lookup: an absent tag has one too
         tags = [t for t in tags if t > last]
     headers = {}
-    count = request.query.get("n")
-    if count is not None:
-        if not (count.isascii() and count.isdigit()) or len(count) > 9:
-            raise OCIError(
-                ErrorCode.PAGINATION_NUMBER_INVALID,
-                f"invalid n={count[:50]!r}: expected a non-negative integer",
-            )
-        limit = int(count)
+    if limit is not None:
         if 0 < limit < len(tags):
             headers["Link"] = f'</v2/{name}/tags/list?n={limit}&last={tags[limit - 1]}>; rel="next"'
         tags = tags[:limit]
     return web.json_response({"name": name, "tags": tags}, headers=headers)
 
 
+def _page_size(request: web.Request) -> int | None:
+    """`n`, if given: ASCII digits only (no sign, exponent or Unicode digits), at most 9."""
+    count = request.query.get("n")
+    if count is None:
+        return None
+    if not (count.isascii() and count.isdigit()) or len(count) > 9:
+        raise OCIError(
+            ErrorCode.PAGINATION_NUMBER_INVALID,
+            f"invalid n={count[:50]!r}: expected a non-negative integer",
+        )
+    return int(count)
+
+
 async def list_referrers(request: web.Request) -> web.Response:
+    """Never a 404 (that tells clients the API is missing): an unknown subject, a subject of an
+    algorithm no manifest here can name, or a missing repository all list nothing."""
     registry = registry_of(request)
     name = name_of(request)
-    subject = digest_of(request)
+    subject = lookup_digest_of(request)
     wanted_type = request.query.get("artifactType")
+    found = [] if subject is None else _referrers(registry, name, subject, wanted_type)
+    headers = {"Content-Type": OCI_INDEX}
+    if wanted_type is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
+    return web.Response(body=json.dumps(document).encode(), headers=headers)
+
+
+def _referrers(
+    registry: Registry, name: str, subject: Digest, wanted_type: str | None
+) -> list[dict[str, object]]:
+    """Descriptors of the manifests in `name` whose subject is `subject`, each listed once."""
     index = registry.storage.indexes.read(name) or RepositoryIndex([])
     found: dict[str, dict[str, object]] = {}
     for entry in index.manifests:
         if entry.get("mediaType") not in MANIFEST_TYPES or entry["digest"] in found:
             continue
-        body = registry.storage.blobs.read(name, Digest.parse(entry["digest"]))
-        manifest = read_manifest(body) if body is not None else None
-        if manifest is None or manifest.subject != subject:
-            continue
-        artifact_type = manifest.artifact_type or manifest.config_media_type
-        if wanted_type is not None and artifact_type != wanted_type:
-            continue
-        item: dict[str, object] = {
-            "mediaType": manifest.media_type,
-            "digest": entry["digest"],
-            "size": entry.get("size", len(body or b"")),
-        }
-        if artifact_type:
-            item["artifactType"] = artifact_type
-        if manifest.annotations:
-            item["annotations"] = manifest.annotations
-        found[entry["digest"]] = item
-    headers = {"Content-Type": OCI_INDEX}
-    if wanted_type is not None:
-        headers["OCI-Filters-Applied"] = "artifactType"
-    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(found.values())}
-    return web.Response(body=json.dumps(document).encode(), headers=headers)
+        item = _referrer(registry, name, entry, subject, wanted_type)
+        if item is not None:
+            found[entry["digest"]] = item
+    return list(found.values())
+
+
+def _referrer(
+    registry: Registry, name: str, entry: Descriptor, subject: Digest, wanted_type: str | None
+) -> dict[str, object] | None:
+    """The referrers-list descriptor of one index entry, or None when it does not refer."""
+    body = registry.storage.blobs.read(name, Digest.parse(entry["digest"]))
+    manifest = read_manifest(body) if body is not None else None
+    if manifest is None or manifest.subject != subject:
+        return None
+    artifact_type = manifest.artifact_type or manifest.config_media_type
+    if wanted_type is not None and artifact_type != wanted_type:
+        return None
+    item: dict[str, object] = {
+        "mediaType": manifest.media_type,
+        "digest": entry["digest"],
+        "size": entry.get("size", len(body or b"")),
+    }
+    if artifact_type:
+        item["artifactType"] = artifact_type
+    if manifest.annotations:
+        item["annotations"] = manifest.annotations
+    return item

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cache_action.errors import ErrorCode, OCIError
-from cache_action.storage.digests import Digest
+from cache_action.storage.digests import Digest, looks_like_digest
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
@@ -60,6 +60,12 @@ def validate_tag(tag: str) -> str:
             f"invalid tag {tag[:200]!r}: expected [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}",
         )
     return tag
+
+
+def parse_reference(reference: str) -> str | Digest:
+    """A manifest reference: a Digest when it has a colon (tags cannot), else a valid tag.
+    Raises DIGEST_INVALID or MANIFEST_INVALID; what that means is the caller's to say."""
+    return Digest.parse(reference) if looks_like_digest(reference) else validate_tag(reference)
 
 
 class Layout:
