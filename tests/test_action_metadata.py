@@ -182,3 +182,30 @@ def test_actionlint_passes(workflow: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the standalone service's settings --------------------------------------------------------
+
+
+def service_variables_read() -> set[str]:
+    """Every environment variable the service reads: `env.get("NAME"` / `env["NAME"]` in the
+    service and its store settings, and the registry settings' variable names."""
+    from cache_action.registry.settings import VARIABLES
+
+    names = set(VARIABLES.values())
+    for module in ("service.py", "stores/factory.py"):
+        source = (ROOT / "cache_action" / module).read_text()
+        names |= set(re.findall(r'env(?:\.get\(|\[)"([A-Z][A-Z0-9_]+)"', source))
+    return names
+
+
+def test_readme_service_settings_table_lists_every_variable_the_service_reads() -> None:
+    rows = readme_table("Standalone service")
+    documented = {name.strip().strip("`") for row in rows for name in row["variable"].split(",")}
+    documented |= {"S3_BUCKET", "S3_PREFIX"}  # in the STORAGE_BACKEND row's text
+    assert "STORAGE_BACKEND" in documented
+    assert documented == service_variables_read() - {
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    }
