@@ -16,7 +16,8 @@ realm (ours) or Basic credentials on every request (distribution's htpasswd), re
 
 1. push a layer of its own (HEAD → 404, POST, PUT with the digest), `--layer-kib` random bytes;
 2. push one of 8 layers every client shares (HEAD first: pushed once, then found);
-3. push a config and a manifest naming the three, under a tag of its own;
+3. push a config and a manifest naming the three, under one of its 4 tags (moving it, as a
+   builder re-exporting its scopes does);
 4. pull a random earlier tag (its own or another client's): GET the manifest and every blob,
    and check each blob against its digest.
 
@@ -58,6 +59,7 @@ USER = "load"
 PASSWORD = "load-" + os.urandom(8).hex()
 HTPASSWD_DEFAULT_COST = 5
 SHARED_LAYERS = 8
+TAGS_PER_CLIENT = 4  # a builder re-exports its few scopes; tags move, they do not pile up
 REPOSITORY = "cache"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REQUEST_TIMEOUT_SECONDS = 60
@@ -334,9 +336,10 @@ async def _client_loop(
                 own = f"{number}-{iteration}-{os.urandom(8).hex()}".encode() + pool[:size]
                 layers = [await client.push_blob(own)]
                 layers.append(await client.push_blob(rng.choice(shared)))
-                tag = f"c{number}-{iteration}"
+                tag = f"c{number}-{iteration % TAGS_PER_CLIENT}"
                 await client.push_manifest(tag, layers)
-                tags.append(tag)
+                if tag not in tags:
+                    tags.append(tag)
                 await client.pull(rng.choice(tags))
                 tally.iterations += 1
             except (RuntimeError, aiohttp.ClientError, TimeoutError) as error:
