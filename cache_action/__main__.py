@@ -6,12 +6,10 @@ import argparse
 import json
 import logging
 import os
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cache_action import __version__
 from cache_action.errors import CacheActionError, InputError
@@ -20,94 +18,153 @@ from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.access import read_stats
 from cache_action.storage.gc import collect_garbage
 from cache_action.storage.inventory import take_inventory
-from cache_action.storage.layout import Layout
+from cache_action.storage.layout import Layout, usable_root
 from cache_action.storage.lock import root_lock
 from cache_action.storage.prune import PrunePolicy, Verify, prune
 from cache_action.stores.base import RestoreResult, SaveResult, StoreError
 from cache_action.stores.factory import open_store
 from cache_action.units import parse_duration, parse_size
 
+ROOT_HELP = "the registry's directory (a cache root), created if missing"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cache_action", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(commands)
 
+    gc_cmd = commands.add_parser("gc", help="delete what no tag reaches")
+    gc_cmd.add_argument(
+        "--root", type=Path, required=True, metavar="DIR", help=ROOT_HELP.split(",")[0]
+    )
+    gc_cmd.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
+
+    prune_cmd = commands.add_parser("prune", help="integrity, TTL, size budget, then gc")
+    prune_cmd.add_argument(
+        "--root", type=Path, required=True, metavar="DIR", help=ROOT_HELP.split(",")[0]
+    )
+    prune_cmd.add_argument(
+        "--ttl",
+        default="",
+        metavar="DURATION",
+        help="drop tags unused for this long, e.g. 7d (default: no TTL)",
+    )
+    prune_cmd.add_argument(
+        "--max-size",
+        default="",
+        metavar="SIZE",
+        help="size budget, e.g. 2GB or 500MiB (default: no budget)",
+    )
+    prune_cmd.add_argument(
+        "--keep",
+        metavar="N",
+        help="at most N most recently used tags per repository (default: no limit)",
+    )
+    prune_cmd.add_argument(
+        "--verify",
+        choices=[v.value for v in Verify],
+        default="size",
+        help="size: drop tags whose blobs are missing or short; full: also re-hash every "
+        "blob (default %(default)s)",
+    )
+    prune_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    prune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    health_cmd = commands.add_parser("health", help="exit 0 when the registry answers /v2/")
+    health_cmd.add_argument(
+        "--ready-file",
+        type=Path,
+        default=READY_FILE,
+        help="the ready file serve wrote (default %(default)s)",
+    )
+
+    stats_cmd = commands.add_parser("stats", help="what the root holds and the last run's counters")
+    stats_cmd.add_argument(
+        "--root", type=Path, required=True, metavar="DIR", help=ROOT_HELP.split(",")[0]
+    )
+
+    for verb, text in (("restore", "restore entries into a root"), ("save", "save a root")):
+        cmd = commands.add_parser(verb, help=text)
+        cmd.add_argument("--root", type=Path, required=True, metavar="DIR", help=ROOT_HELP)
+        cmd.add_argument("--store", required=True, help="local:///PATH, s3://BUCKET/PREFIX or gha")
+        cmd.add_argument(
+            "--namespace", default="buildkit", help="groups scopes (default %(default)s)"
+        )
+        cmd.add_argument("--ref", required=True, help="the git ref (main or refs/heads/main)")
+        cmd.add_argument(
+            "--strict", action="store_true", help="exit 2 when the store fails (default: warn)"
+        )
+        if verb == "restore":
+            cmd.add_argument(
+                "--scope", action="append", required=True, help="a scope; repeat to merge several"
+            )
+            cmd.add_argument(
+                "--fallback-ref", action="append", default=[], help="tried in order after --ref"
+            )
+        else:
+            cmd.add_argument("--scope", required=True, help="the scope to save")
+    return parser
+
+
+def _serve_parser(commands: Any) -> None:
+    """Defaults are None so that, without --root, the flags given override the service's
+    variables; the help says what applies when neither is set."""
     serve_cmd = commands.add_parser(
         "serve",
         help="run the OCI registry over a cache root; without --root, run the standalone "
         "service configured by environment variables (BUILDKIT_CACHE_REPO, ...)",
     )
-    serve_cmd.add_argument("--root", type=Path, help="the cache directory (the registry's root)")
+    serve_cmd.add_argument(
+        "--root", type=Path, metavar="DIR", help=f"{ROOT_HELP} (default: the service, CACHE_ROOT)"
+    )
     serve_cmd.add_argument(
         "--listen",
-        default="127.0.0.1:5000",
-        help="HOST:PORT to listen on (default %(default)s; port 0 picks a free one); beyond "
+        metavar="HOST:PORT",
+        help="HOST:PORT to listen on (default 127.0.0.1:5000; port 0 picks a free one); beyond "
         "loopback it needs --htpasswd or --insecure-no-auth",
     )
     serve_cmd.add_argument(
-        "--htpasswd", type=Path, help="read-write users: a bcrypt htpasswd file (htpasswd -nB)"
+        "--htpasswd",
+        metavar="FILE",
+        help="read-write users: a bcrypt htpasswd file (htpasswd -nB USER)",
     )
     serve_cmd.add_argument(
-        "--htpasswd-read-only", type=Path, help="read-only users (pull only), the same format"
+        "--htpasswd-read-only", metavar="FILE", help="read-only users (pull only), the same format"
     )
     serve_cmd.add_argument(
         "--token-lifetime",
-        default="5m",
-        help="how long the bearer tokens of /token last (default %(default)s)",
+        metavar="DURATION",
+        help="how long the bearer tokens of /token last (default 5m)",
     )
-    serve_cmd.add_argument("--tls-cert", type=Path, help="serve HTTPS: the PEM certificate chain")
-    serve_cmd.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    serve_cmd.add_argument(
+        "--tls-cert", metavar="PEM", help="serve HTTPS: the PEM certificate chain"
+    )
+    serve_cmd.add_argument("--tls-key", metavar="PEM", help="the PEM private key of --tls-cert")
     serve_cmd.add_argument(
         "--insecure-no-auth",
         action="store_true",
+        default=None,
         help="serve anyone who can connect to a non-loopback --listen, without credentials",
     )
     serve_cmd.add_argument(
-        "--ready-file", type=Path, help="a JSON file written once the registry listens"
+        "--ready-file",
+        metavar="FILE",
+        help="a JSON file (address, url) written once it listens, removed at exit (default: "
+        f"none; the service in its image: {READY_FILE})",
     )
-    serve_cmd.add_argument("--log-requests", action="store_true", help="log every request")
-
-    gc_cmd = commands.add_parser("gc", help="delete blobs no tag reaches")
-    gc_cmd.add_argument("--root", type=Path, required=True)
-    gc_cmd.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
-
-    prune_cmd = commands.add_parser("prune", help="TTL, size budget and integrity, then gc")
-    prune_cmd.add_argument("--root", type=Path, required=True)
-    prune_cmd.add_argument("--ttl", default="", help="drop tags unused for this long (e.g. 7d)")
-    prune_cmd.add_argument("--max-size", default="", help="size budget (e.g. 2GB, 500MiB)")
-    prune_cmd.add_argument("--keep", help="at most N most recently used tags per repository")
-    prune_cmd.add_argument("--verify", choices=[v.value for v in Verify], default="size")
-    prune_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
-    prune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    health_cmd = commands.add_parser("health", help="exit 0 when the registry answers /v2/")
-    health_cmd.add_argument("--ready-file", type=Path, default=READY_FILE)
-
-    stats_cmd = commands.add_parser("stats", help="what the root holds and the last run's counters")
-    stats_cmd.add_argument("--root", type=Path, required=True)
-
-    for verb, text in (("restore", "restore entries into a root"), ("save", "save a root")):
-        cmd = commands.add_parser(verb, help=text)
-        cmd.add_argument("--root", type=Path, required=True)
-        cmd.add_argument("--store", required=True, help="local:///PATH, s3://BUCKET/PREFIX or gha")
-        cmd.add_argument("--namespace", default="buildkit", help="groups scopes (default buildkit)")
-        cmd.add_argument("--ref", required=True, help="the git ref (main or refs/heads/main)")
-        cmd.add_argument("--strict", action="store_true", help="fail instead of warning")
-        if verb == "restore":
-            cmd.add_argument("--scope", action="append", required=True, help="repeat to merge")
-            cmd.add_argument("--fallback-ref", action="append", default=[], help="tried in order")
-        else:
-            cmd.add_argument("--scope", required=True)
-    return parser
+    serve_cmd.add_argument(
+        "--log-requests", action="store_true", default=None, help="log every request"
+    )
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    """restore/save: store failures warn and leave a cold cache unless --strict."""
+    """restore/save: store failures warn and leave a cold cache unless --strict; bad
+    settings, the root's included, are usage errors."""
     namespace = validate_token("--namespace", args.namespace)
     ref = normalize_ref("--ref", args.ref)
     store = open_store(args.store, os.environ, "--store")
-    layout = Layout(args.root)
+    layout = usable_root("--root", args.root)
     try:
         if args.command == "restore":
             scopes = [validate_token("--scope", s) for s in args.scope]
@@ -135,22 +192,9 @@ def _run(args: argparse.Namespace) -> int:
         return _transfer(args)
     if args.command == "health":
         return health(args.ready_file)
-    if args.command == "serve":  # aiohttp is imported only here: other commands start faster
-        import asyncio
-
-        from cache_action.registry.server import serve
-        from cache_action.registry.settings import FLAGS, parse_serve_settings
-        from cache_action.service import run_service
-
-        if args.root is None:
-            return run_service(os.environ)
-        values = {key: _flag_text(getattr(args, key)) for key in FLAGS}
-        config = parse_serve_settings(values, FLAGS, args.root, args.ready_file, args.log_requests)
-        asyncio.run(serve(config))
-        return 0
-    layout = Layout(args.root)
-    if not layout.root.is_dir():
-        raise CacheActionError(f"--root: {args.root} is not a directory")
+    if args.command == "serve":
+        return _serve(args)
+    layout = usable_root("--root", args.root, create=False)
     if args.command == "gc":
         with root_lock(layout, "gc"):
             report = collect_garbage(layout, dry_run=args.dry_run)
@@ -161,6 +205,21 @@ def _run(args: argparse.Namespace) -> int:
     document = {"root": str(layout.root), **take_inventory(layout).to_json()}
     document["last_run"] = read_stats(layout)
     print(json.dumps(document, indent=1))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """aiohttp is imported only here: the other commands start faster."""
+    import asyncio
+
+    from cache_action.registry.server import serve
+    from cache_action.registry.settings import FLAGS, parse_serve_settings
+    from cache_action.service import run_service
+
+    given = {key: _flag_text(getattr(args, key)) for key in FLAGS}
+    if args.root is None:
+        return run_service(os.environ, given)
+    asyncio.run(serve(parse_serve_settings(given, FLAGS)))
     return 0
 
 
@@ -206,6 +265,10 @@ def _prune(args: argparse.Namespace, layout: Layout) -> int:
 def health(ready_file: Path) -> int:
     """For HEALTHCHECK: the ready file names the registry; /v2/ must answer as a registry does
     (200, or 401 when it asks for credentials). Says why when it does not."""
+    import ssl  # here only: every 5 s in the image, and the other commands never need them
+    import urllib.error
+    import urllib.request
+
     try:
         document = json.loads(ready_file.read_text())
         url = str(document.get("url") or f"http://{document['address']}")
@@ -240,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except CacheActionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file the user's system refuses us, named by the OS
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -33,13 +33,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_action.errors import InputError, StoreError
+from cache_action.errors import CacheActionError, InputError, StoreError
 from cache_action.registry import READY_FILE
 from cache_action.registry.context import Registry
 from cache_action.registry.server import serve
-from cache_action.registry.settings import TRUE, VARIABLES, ServeConfig, parse_serve_settings
+from cache_action.registry.settings import FLAGS, VARIABLES, ServeConfig, parse_serve_settings
 from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.digests import Digest
+from cache_action.storage.layout import usable_root
 from cache_action.storage.lock import root_lock
 from cache_action.storage.prune import PrunePolicy, prune
 from cache_action.storage.root import Storage
@@ -49,6 +50,9 @@ from cache_action.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 RECENT_SECONDS = 3600.0
+VOLUME = Path("/cache")
+DEFAULT_ROOT = "/cache/registry"
+DEFAULT_STORE = "local:///cache/store"
 
 
 @dataclass(frozen=True)
@@ -62,23 +66,34 @@ class ServiceConfig:
     entry: EntryName
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ServiceConfig:
+    def from_env(
+        cls, env: Mapping[str, str], flags: Mapping[str, str] | None = None
+    ) -> ServiceConfig:
+        """`flags` (keyed like settings.FLAGS) are what `serve` was given on its command
+        line: they win over the variables, and messages name them."""
+        flags = {key: value for key, value in (flags or {}).items() if value}
+        values = {key: flags.get(key) or env.get(name, "") for key, name in VARIABLES.items()}
+        names = {key: FLAGS[key] if key in flags else name for key, name in VARIABLES.items()}
         mode = env.get("CACHE_MODE", "max")
         if mode not in ("min", "max"):
             raise InputError("CACHE_MODE", mode, "min or max")
-        root = Path(env.get("CACHE_ROOT", "/cache/registry"))
         store_url = _store_url(env)
-        _check_apart(store_url, root)
-        serve_config = parse_serve_settings(
-            {key: env.get(name, "") for key, name in VARIABLES.items()},
-            VARIABLES,
-            root,
-            Path(env.get("CACHE_READY_FILE", str(READY_FILE))),
-            env.get("CACHE_LOG_REQUESTS", "").lower() in TRUE,
-        )
+        defaulted = [names["root"]] if not values["root"] else []
+        if not env.get("BUILDKIT_CACHE_REPO") and store_url == DEFAULT_STORE:
+            defaulted.append("BUILDKIT_CACHE_REPO")
+        if defaulted and not _in_container_with_volume():
+            raise CacheActionError(
+                f"serve: {' and '.join(defaulted)} not set, and {VOLUME} is not a volume of "
+                f"a container: give --root DIR to serve a directory, or set "
+                f"{' and '.join(defaulted)} to run the standalone service here"
+            )
+        values["root"] = values["root"] or DEFAULT_ROOT
+        if not values["ready_file"] and _in_container_with_volume():
+            values["ready_file"] = str(READY_FILE)  # the image's health check reads it
+        _check_apart(store_url, Path(values["root"]), names["root"])
         return cls(
             store_url=store_url,
-            serve=serve_config,
+            serve=parse_serve_settings(values, names),
             mode=mode,
             ttl_seconds=parse_duration("CACHE_TTL", env.get("CACHE_TTL", "7d")),
             max_size_bytes=parse_size("CACHE_MAX_SIZE", env.get("CACHE_MAX_SIZE", "")),
@@ -93,13 +108,25 @@ class ServiceConfig:
         )
 
 
+def _in_container_with_volume(mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """The image's situation: a container (Docker's or Podman's marker file) with /cache
+    mounted. Anywhere else the defaults under /cache would write to the host's own /cache."""
+    if not (Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()):
+        return False
+    try:
+        mounts = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[4:5] == [str(VOLUME)] for line in mounts)
+
+
 def _store_url(env: Mapping[str, str]) -> str:
     url = env.get("BUILDKIT_CACHE_REPO", "")
     if url:
         return url
     backend = env.get("STORAGE_BACKEND", "local").lower()
     if backend == "local":
-        return "local:///cache/store"
+        return DEFAULT_STORE
     if backend == "s3" and env.get("S3_BUCKET"):
         prefix = env.get("S3_PREFIX", "buildkit-cache").strip("/")
         return f"s3://{env['S3_BUCKET']}/{prefix}"
@@ -108,7 +135,7 @@ def _store_url(env: Mapping[str, str]) -> str:
     )
 
 
-def _check_apart(store_url: str, root: Path) -> None:
+def _check_apart(store_url: str, root: Path, root_setting: str) -> None:
     """A local store and the registry root may share a volume (store /cache, root
     /cache/registry) but not directories: each would take the other's files for its own."""
     if not store_url.startswith("local://"):
@@ -119,19 +146,18 @@ def _check_apart(store_url: str, root: Path) -> None:
         raise InputError(
             "BUILDKIT_CACHE_REPO",
             store_url,
-            f"a directory outside the registry root CACHE_ROOT={registry} (e.g. local:///cache "
-            "with the default root /cache/registry)",
+            f"a directory outside the registry root {registry} (e.g. local:///cache with "
+            "the default root /cache/registry)",
         )
     if any(registry.is_relative_to(store / part) for part in ("blobs", "entries")):
-        raise InputError(
-            "CACHE_ROOT", str(registry), f"a directory outside {store}/blobs and /entries"
-        )
+        outside = f"a directory outside the store's {store}/blobs and {store}/entries"
+        raise InputError(root_setting, str(registry), outside)
 
 
-def run_service(env: Mapping[str, str]) -> int:
-    config = ServiceConfig.from_env(env)
+def run_service(env: Mapping[str, str], flags: Mapping[str, str] | None = None) -> int:
+    config = ServiceConfig.from_env(env, flags)
     store = open_store(config.store_url, env, "BUILDKIT_CACHE_REPO")
-    storage = Storage.open(config.serve.root)
+    storage = Storage.open(usable_root(config.serve.root_setting, config.serve.root).root)
     try:
         with root_lock(storage.layout, "restore"):
             result = store.restore(storage.layout, [[config.entry]])

@@ -373,4 +373,6 @@ def test_gc_refuses_while_a_server_holds_the_root(registry: RegistryProcess) -> 
 def test_gc_on_a_missing_root_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("gc", "--root", str(tmp_path / "nope"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: --root: {tmp_path / 'nope'} is not a directory"
+    assert result.stderr.strip() == (
+        f"error: --root: '{tmp_path / 'nope'}' is not valid; expected an existing directory"
+    )

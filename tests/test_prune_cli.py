@@ -124,7 +124,9 @@ def test_root_is_required_and_must_be_a_directory(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     result = run_cli("prune", "--root", str(missing))
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr.strip() == f"error: --root: {missing} is not a directory"
+    assert result.stderr.strip() == (
+        f"error: --root: '{missing}' is not valid; expected an existing directory"
+    )
     assert not missing.exists()
 
 

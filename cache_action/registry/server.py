@@ -7,9 +7,11 @@ the post stage (or the next job) sees everything the build did.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,12 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
+from cache_action.errors import CacheActionError
 from cache_action.registry.app import create_app
 from cache_action.registry.auth import Gatekeeper, describe
 from cache_action.registry.context import REGISTRY, Registry
-from cache_action.registry.settings import ServeConfig
+from cache_action.registry.settings import Listen, ServeConfig
 from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
+from cache_action.storage.layout import usable_root
 from cache_action.storage.lock import root_lock
 from cache_action.storage.root import Storage
 
@@ -40,6 +44,8 @@ async def serve(
 ) -> None:
     """`periodic` runs while serving (cancelled at stop); `on_stopped` after the server has
     stopped and flushed, still under the root lock (the standalone service's final save)."""
+    sock = bind(config.listen)  # first: a port in use is reported before the root is made
+    usable_root(config.root_setting, config.root)
     storage = Storage.open(config.root)
     with root_lock(storage.layout, "serve"):
         storage.uploads.clear()
@@ -56,13 +62,7 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            site = web.TCPSite(
-                runner,
-                config.listen.host,
-                config.listen.port,
-                reuse_address=True,
-                ssl_context=config.tls,
-            )
+            site = web.SockSite(runner, sock, ssl_context=config.tls)
             await site.start()
             address = _bound_address(runner)
             url = f"{config.scheme}://{address}"
@@ -86,6 +86,23 @@ async def serve(
                 config.ready_file.unlink(missing_ok=True)
         if on_stopped is not None:
             await on_stopped(app[REGISTRY])
+
+
+def bind(listen: Listen) -> socket.socket:
+    """The listening socket, or a one-line error naming the setting."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    try:
+        return socket.create_server((listen.host, listen.port), family=family, backlog=1024)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            problem = "is in use: stop what listens there, or choose another port (0: any)"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            problem = "cannot be bound: no interface of this machine has that address"
+        elif error.errno == errno.EACCES:
+            problem = "cannot be bound: ports below 1024 need root (or CAP_NET_BIND_SERVICE)"
+        else:
+            problem = f"cannot be bound ({error.strerror or error})"
+        raise CacheActionError(f"{listen.setting}: {listen} {problem}") from None
 
 
 async def _drain(registry: Registry) -> None:

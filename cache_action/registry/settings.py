@@ -26,6 +26,7 @@ TRUE = ("1", "true", "yes")
 
 # Setting names as users write them: the flags of `serve`, the service's variables.
 FLAGS = {
+    "root": "--root",
     "listen": "--listen",
     "htpasswd": "--htpasswd",
     "htpasswd_read_only": "--htpasswd-read-only",
@@ -33,8 +34,11 @@ FLAGS = {
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
     "token_lifetime": "--token-lifetime",
+    "ready_file": "--ready-file",
+    "log_requests": "--log-requests",
 }
 VARIABLES = {
+    "root": "CACHE_ROOT",
     "listen": "CACHE_LISTEN",
     "htpasswd": "CACHE_HTPASSWD",
     "htpasswd_read_only": "CACHE_HTPASSWD_READ_ONLY",
@@ -42,6 +46,8 @@ VARIABLES = {
     "tls_cert": "CACHE_TLS_CERT",
     "tls_key": "CACHE_TLS_KEY",
     "token_lifetime": "CACHE_TOKEN_LIFETIME",
+    "ready_file": "CACHE_READY_FILE",
+    "log_requests": "CACHE_LOG_REQUESTS",
 }
 
 
@@ -49,16 +55,21 @@ VARIABLES = {
 class Listen:
     host: str
     port: int
+    setting: str = "--listen"  # how the user named it, for messages
 
     @property
     def loopback(self) -> bool:
         return ipaddress.ip_address(self.host).is_loopback
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     root: Path
     listen: Listen = Listen("127.0.0.1", 5000)
+    root_setting: str = "--root"
     ready_file: Path | None = None
     log_requests: bool = False
     policy: Policy = field(default_factory=Anyone)
@@ -84,7 +95,7 @@ def parse_listen(setting: str, text: str) -> Listen:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise InputError(setting, text, accepted) from None
-    return Listen(str(address), int(port_text))
+    return Listen(str(address), int(port_text), setting)
 
 
 def _tls_context(cert: tuple[str, str], key: tuple[str, str]) -> ssl.SSLContext | None:
@@ -108,14 +119,16 @@ def _tls_context(cert: tuple[str, str], key: tuple[str, str]) -> ssl.SSLContext 
     return context
 
 
-def parse_serve_settings(
-    values: Mapping[str, str],
-    names: Mapping[str, str],
-    root: Path,
-    ready_file: Path | None = None,
-    log_requests: bool = False,
-) -> ServeConfig:
-    """`values` are keyed like FLAGS ('' or missing for unset); `names` name them to users."""
+def _switch(setting: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("", "false", "0", "no", *TRUE):
+        raise InputError(setting, text, "true or false")
+    return value in TRUE
+
+
+def parse_serve_settings(values: Mapping[str, str], names: Mapping[str, str]) -> ServeConfig:
+    """`values` are keyed like FLAGS ('' or missing for unset; 'true' for a switch); `names`
+    name each to the user. `root` must be given."""
 
     def named(key: str) -> tuple[str, str]:
         return names[key], str(values.get(key) or "").strip()
@@ -128,12 +141,18 @@ def parse_serve_settings(
     if lifetime is None:
         raise InputError(names["token_lifetime"], "0", "a lifetime such as 5m or 1h")
     credentials = load_credentials(named("htpasswd"), named("htpasswd_read_only"), lifetime)
-    insecure_value = named("insecure_no_auth")[1].lower()
-    if insecure_value not in ("", "false", "0", "no", *TRUE):
-        raise InputError(names["insecure_no_auth"], insecure_value, "true or false")
-    insecure = names["insecure_no_auth"] if insecure_value in TRUE else ""
+    insecure = names["insecure_no_auth"] if _switch(*named("insecure_no_auth")) else ""
     policy = choose_policy((names["listen"], listen_text), listen.loopback, credentials, insecure)
     tls = _tls_context(named("tls_cert"), named("tls_key"))
     if isinstance(policy, Credentials) and tls is None and not listen.loopback:
         log.warning("credentials travel unencrypted: add a TLS certificate (%s)", names["tls_cert"])
-    return ServeConfig(root, listen, ready_file, log_requests, policy, tls)
+    ready_file = named("ready_file")[1]
+    return ServeConfig(
+        root=Path(named("root")[1]),
+        listen=listen,
+        root_setting=names["root"],
+        ready_file=Path(ready_file) if ready_file else None,
+        log_requests=_switch(*named("log_requests")),
+        policy=policy,
+        tls=tls,
+    )

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from cache_action.errors import ErrorCode, OCIError
+from cache_action.errors import ErrorCode, InputError, OCIError
 from cache_action.storage.digests import Digest, looks_like_digest
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
@@ -114,3 +114,24 @@ class Layout:
             if "index.json" in filenames and dirpath != str(self.root):
                 found.append(Path(dirpath).relative_to(self.root).as_posix())
         return iter(sorted(found))
+
+
+def usable_root(setting: str, path: Path | str, *, create: bool = True) -> Layout:
+    """The root a command was given, checked before anything touches it: a directory this
+    process may write (created when `create`, else it must exist). InputError otherwise."""
+    layout = Layout(path)
+    if layout.root.exists() and not layout.root.is_dir():
+        raise InputError(setting, str(path), "a directory, not a file")
+    if not create and not layout.root.is_dir():
+        raise InputError(setting, str(path), "an existing directory")
+    for directory in (layout.root, layout.meta_dir):
+        if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+            raise InputError(setting, str(path), f"a directory this user may write ({directory})")
+    if create:
+        try:
+            layout.create()
+        except OSError as error:
+            reason = error.strerror or str(error)
+            accepted = f"a directory this user may create ({reason})"
+            raise InputError(setting, str(path), accepted) from None
+    return layout
