@@ -36,7 +36,7 @@ from pathlib import Path
 from cache_action.errors import CacheActionError, InputError, StoreError
 from cache_action.registry import READY_FILE
 from cache_action.registry.context import Registry
-from cache_action.registry.server import serve
+from cache_action.registry.server import bind, serve
 from cache_action.registry.settings import FLAGS, VARIABLES, ServeConfig, parse_serve_settings
 from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.digests import Digest
@@ -157,6 +157,7 @@ def _check_apart(store_url: str, root: Path, root_setting: str) -> None:
 def run_service(env: Mapping[str, str], flags: Mapping[str, str] | None = None) -> int:
     config = ServiceConfig.from_env(env, flags)
     store = open_store(config.store_url, env, "BUILDKIT_CACHE_REPO")
+    sock = bind(config.serve.listen)  # a port in use stops it before the restore
     storage = Storage.open(usable_root(config.serve.root_setting, config.serve.root).root)
     try:
         with root_lock(storage.layout, "restore"):
@@ -184,7 +185,7 @@ def run_service(env: Mapping[str, str], flags: Mapping[str, str] | None = None) 
         _prune(registry.storage, _policy(config, serving=False))
         _save(store, registry.storage, config.entry)
 
-    asyncio.run(serve(config.serve, maintain_periodically, prune_and_save_at_shutdown))
+    asyncio.run(serve(config.serve, maintain_periodically, prune_and_save_at_shutdown, sock))
     return 0
 
 

@@ -138,7 +138,6 @@ def choose_policy(
     if loopback:
         return Anyone()
     if insecure:
-        log.warning("serving anyone who can connect to %s: no authentication", listen[1])
         return Anyone()
     networks = peers.docker_networks()
     if networks:

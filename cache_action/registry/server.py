@@ -40,11 +40,15 @@ Hook = Callable[[Registry], Coroutine[Any, Any, None]]
 
 
 async def serve(
-    config: ServeConfig, periodic: Hook | None = None, on_stopped: Hook | None = None
+    config: ServeConfig,
+    periodic: Hook | None = None,
+    on_stopped: Hook | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """`periodic` runs while serving (cancelled at stop); `on_stopped` after the server has
-    stopped and flushed, still under the root lock (the standalone service's final save)."""
-    sock = bind(config.listen)  # first: a port in use is reported before the root is made
+    stopped and flushed, still under the root lock (the standalone service's final save).
+    `sock` is the socket `bind` made, when the caller had work to do between."""
+    sock = sock or bind(config.listen)  # first: a port in use is reported before the root
     usable_root(config.root_setting, config.root)
     storage = Storage.open(config.root)
     with root_lock(storage.layout, "serve"):
@@ -66,9 +70,10 @@ async def serve(
             await site.start()
             address = _bound_address(runner)
             url = f"{config.scheme}://{address}"
-            log.info(
-                "registry serving %s on %s (%s)", storage.layout.root, url, describe(config.policy)
-            )
+            who = describe(config.policy)
+            log.info("registry serving %s on %s (%s)", storage.layout.root, url, who)
+            for warning in config.warnings():
+                log.warning(warning)
             if config.ready_file is not None:
                 _write_ready_file(config.ready_file, address, url)
             tasks = [asyncio.create_task(_housekeeping(storage))]

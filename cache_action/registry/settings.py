@@ -8,7 +8,6 @@ except in a container on a Docker network, where it serves only its own machine 
 from __future__ import annotations
 
 import ipaddress
-import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,8 +16,6 @@ from pathlib import Path
 from cache_action.errors import InputError
 from cache_action.registry.auth import Anyone, Credentials, Policy, choose_policy, load_credentials
 from cache_action.units import parse_duration
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:5000"
 DEFAULT_TOKEN_LIFETIME = "5m"
@@ -70,6 +67,7 @@ class ServeConfig:
     root: Path
     listen: Listen = Listen("127.0.0.1", 5000)
     root_setting: str = "--root"
+    tls_setting: str = "--tls-cert"
     ready_file: Path | None = None
     log_requests: bool = False
     policy: Policy = field(default_factory=Anyone)
@@ -78,6 +76,16 @@ class ServeConfig:
     @property
     def scheme(self) -> str:
         return "https" if self.tls is not None else "http"
+
+    def warnings(self) -> list[str]:
+        """What the log must say at start: the risks the user accepted."""
+        if self.listen.loopback:
+            return []
+        if isinstance(self.policy, Anyone):
+            return [f"serving anyone who can connect to {self.listen}: no authentication"]
+        if isinstance(self.policy, Credentials) and self.tls is None:
+            return [f"credentials travel unencrypted: add a TLS certificate ({self.tls_setting})"]
+        return []
 
 
 def parse_listen(setting: str, text: str) -> Listen:
@@ -144,13 +152,12 @@ def parse_serve_settings(values: Mapping[str, str], names: Mapping[str, str]) ->
     insecure = names["insecure_no_auth"] if _switch(*named("insecure_no_auth")) else ""
     policy = choose_policy((names["listen"], listen_text), listen.loopback, credentials, insecure)
     tls = _tls_context(named("tls_cert"), named("tls_key"))
-    if isinstance(policy, Credentials) and tls is None and not listen.loopback:
-        log.warning("credentials travel unencrypted: add a TLS certificate (%s)", names["tls_cert"])
     ready_file = named("ready_file")[1]
     return ServeConfig(
         root=Path(named("root")[1]),
         listen=listen,
         root_setting=names["root"],
+        tls_setting=names["tls_cert"],
         ready_file=Path(ready_file) if ready_file else None,
         log_requests=_switch(*named("log_requests")),
         policy=policy,
