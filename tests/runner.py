@@ -161,6 +161,9 @@ class ActionImage:
     size: int  # bytes, as `docker image inspect` reports
     base_size: int
     build_seconds: float
+    # The last image of each earlier build stage: the legacy builder keeps them (untagged, no
+    # child of the final image) as its cache. Whoever builds with --no-cache removes them.
+    stage_images: tuple[str, ...] = ()
 
     @property
     def own_size(self) -> int:
@@ -168,9 +171,12 @@ class ActionImage:
         return self.size - self.base_size
 
 
-def build_action_image(base_image: str, tag: str = ACTION_IMAGE_TAG) -> ActionImage:
+def build_action_image(
+    base_image: str, tag: str = ACTION_IMAGE_TAG, *, no_cache: bool = False
+) -> ActionImage:
     """`docker build -t TAG -f <abs Dockerfile> <dir of Dockerfile>` from the workspace, as
-    `ActionManager.BuildActionContainerAsync`, plus the base image argument."""
+    `ActionManager.BuildActionContainerAsync`, plus the base image argument (and `--no-cache`:
+    a runner whose daemon has never built it)."""
     previous = _image_id(tag)
     started = time.monotonic()
     dockerfile = REPO_ROOT / "Dockerfile"
@@ -178,6 +184,7 @@ def build_action_image(base_image: str, tag: str = ACTION_IMAGE_TAG) -> ActionIm
         [
             "docker",
             "build",
+            *(["--no-cache"] if no_cache else []),
             "--build-arg",
             f"BASE_IMAGE={base_image}",
             "-t",
@@ -199,7 +206,45 @@ def build_action_image(base_image: str, tag: str = ACTION_IMAGE_TAG) -> ActionIm
     if previous and previous != image_id:
         # Our own previous build of this tag, now dangling: do not pile them up.
         subprocess.run(["docker", "image", "rm", previous], capture_output=True, timeout=120)
-    return ActionImage(tag, image_id, _image_size(tag), _image_size(base_image), seconds)
+    stages = _stage_images(result.stdout)
+    if not no_cache:
+        _remove_superseded_stages(tag, stages)
+    return ActionImage(tag, image_id, _image_size(tag), _image_size(base_image), seconds, stages)
+
+
+def _remove_superseded_stages(tag: str, stages: tuple[str, ...]) -> None:
+    """The build stages of this tag's previous build, when this build made new ones: they are
+    nothing's parent any more (`docker image rm` refuses an image that is still a parent)."""
+    record = CACHE_DIR / "stage-images" / f"{_NAME_SANITIZE.sub('_', tag)}.json"
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError):
+        previous = []
+    for image in previous:
+        if isinstance(image, str) and image not in stages:
+            subprocess.run(["docker", "image", "rm", image], capture_output=True, timeout=120)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(list(stages)))
+
+
+_BUILD_STEP = re.compile(r"^Step \d+/\d+ : (\w+)")
+_BUILD_STEP_RESULT = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+
+def _stage_images(output: str) -> tuple[str, ...]:
+    """From the legacy builder's output: the image each step before a later FROM ended with."""
+    found: list[str] = []
+    last: str | None = None
+    in_stage = False
+    for line in output.splitlines():
+        step = _BUILD_STEP.match(line)
+        if step and step.group(1).upper() == "FROM":
+            if in_stage and last is not None:
+                found.append(last)
+            in_stage, last = True, None
+        elif in_stage and (result := _BUILD_STEP_RESULT.match(line)):
+            last = result.group(1)
+    return tuple(found)
 
 
 def _image_id(reference: str) -> str | None:
