@@ -278,7 +278,7 @@ def action_with_image(reference: str, path: Path = ACTION_YML) -> dict[str, Any]
     return document
 
 
-def stage_image(action: Mapping[str, Any], built: str | None) -> str:
+def image_to_run(action: Mapping[str, Any], built: str | None) -> str:
     """What every stage's `docker run` runs: REF for `runs.image: docker://REF`, else the tag
     the job's "Set up job" built from the Dockerfile (`built`)."""
     image = str(action["runs"]["image"])
@@ -526,10 +526,8 @@ class RunnerJob:
         self.event_path = self.runner_temp / "_github_workflow" / "event.json"
         self.event_path.write_text(json.dumps(event))
         # "Set up job": a `docker://` image is pulled once, before any step.
-        self.stage_image = stage_image(self.action, self.image)
-        self.pull: Pull | None = None
-        if self.stage_image != self.image:
-            self.pull = pull_image(self.stage_image)
+        self.stage_image = image_to_run(self.action, self.image)
+        self.pull: Pull | None = None if self.image is not None else pull_image(self.stage_image)
 
     def _default_event(self) -> dict[str, Any]:
         repository = {
