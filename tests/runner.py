@@ -3,9 +3,11 @@
 Reference: /work/shared/reference/github-runtime-and-cache-protocol.md, section A (A2-A8), and
 `actions/runner` `ContainerActionHandler.cs` / `DockerCommandManager.cs`:
 
-- the image is built with `docker build -t <tag> -f <abs Dockerfile> <dir of Dockerfile>` (the
-  runner passes no build args; these tests add `--build-arg BASE_IMAGE=` because no registry is
-  reachable, see test-infrastructure.md), once per test session;
+- `runs.image: Dockerfile`: the image is built with `docker build -t <tag> -f <abs Dockerfile>
+  <dir of Dockerfile>` (the runner passes no build args; these tests add `--build-arg
+  BASE_IMAGE=` because no registry is reachable, see test-infrastructure.md), once per test
+  session; `runs.image: docker://REF`: the runner builds nothing, it runs `docker pull REF` in
+  "Set up job" (once per job) and every stage runs REF;
 - each stage is `docker run --name <sanitized image>_<hex6> --label <hex6> --workdir
   /github/workspace --rm -e NAME ... -e GITHUB_ACTIONS=true -e CI=true --entrypoint <runs.entrypoint
   | runs.post-entrypoint> [--network github_network_<id>] -v docker.sock -v RUNNER_TEMP
@@ -17,6 +19,11 @@ Reference: /work/shared/reference/github-runtime-and-cache-protocol.md, section 
   `<RUNNER_TEMP>/_runner_file_commands`, parsed after the container exits with the runner's
   `NAME=VALUE` / `NAME<<DELIMITER` rules; saved state comes back as `STATE_<name>` in post;
 - stdout workflow commands (`::warning ...::`, `::error ...::`, `::add-mask::`) are parsed.
+
+Every test run is its own runner: INSTANCE_LABEL (the runner's DockerInstanceLabel, put on each
+action container as `--label <hex6>`) is derived from a per-run id, and the action copies its
+container's labels to the sibling containers it starts, so a run finds its own containers by
+that label and never mistakes another run's (on the same Docker daemon) for a leftover.
 """
 
 from __future__ import annotations
@@ -46,14 +53,18 @@ ACTION_YML = REPO_ROOT / "action.yml"
 DOCKER_SOCKET = "/var/run/docker.sock"
 
 TEST_BASE_IMAGE = os.environ.get("CACHE_ACTION_TEST_BASE_IMAGE", "cache-action-test-base:bookworm")
-ACTION_IMAGE_TAG = "cache-action-e2e:test"
+# Several checkouts may test on one Docker daemon at once: each can build its own tag.
+ACTION_IMAGE_TAG = os.environ.get("CACHE_ACTION_TEST_IMAGE_TAG", "cache-action-e2e:test")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cache-action-tests"
 ROOTFS_TARBALL = CACHE_DIR / "rootfs-bookworm-minbase-python3.tar"
 DEBIAN_MIRROR = os.environ.get("CACHE_ACTION_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-# The runner's DockerInstanceLabel: the first 6 hex of sha256(.runner); any fixed value will do.
-INSTANCE_LABEL = hashlib.sha256(b"cache-action-tests/.runner").hexdigest()[:6]
+# This test run's id (one per process unless given), and the runner's DockerInstanceLabel made
+# from it as the runner makes its own: the first 6 hex of sha256(<its .runner file>).
+TEST_RUN_ID = os.environ.get("CACHE_ACTION_TEST_RUN_ID") or uuid.uuid4().hex
+_RUNNER_FILE = f"cache-action-tests/{TEST_RUN_ID}/.runner".encode()
+INSTANCE_LABEL = hashlib.sha256(_RUNNER_FILE).hexdigest()[:6]
 
 # NameValidation.Sanitize: the container's display name keeps only these characters.
 _NAME_SANITIZE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -150,6 +161,9 @@ class ActionImage:
     size: int  # bytes, as `docker image inspect` reports
     base_size: int
     build_seconds: float
+    # The last image of each earlier build stage: the legacy builder keeps them (untagged, no
+    # child of the final image) as its cache. Whoever builds with --no-cache removes them.
+    stage_images: tuple[str, ...] = ()
 
     @property
     def own_size(self) -> int:
@@ -157,9 +171,12 @@ class ActionImage:
         return self.size - self.base_size
 
 
-def build_action_image(base_image: str, tag: str = ACTION_IMAGE_TAG) -> ActionImage:
+def build_action_image(
+    base_image: str, tag: str = ACTION_IMAGE_TAG, *, no_cache: bool = False
+) -> ActionImage:
     """`docker build -t TAG -f <abs Dockerfile> <dir of Dockerfile>` from the workspace, as
-    `ActionManager.BuildActionContainerAsync`, plus the base image argument."""
+    `ActionManager.BuildActionContainerAsync`, plus the base image argument (and `--no-cache`:
+    a runner whose daemon has never built it)."""
     previous = _image_id(tag)
     started = time.monotonic()
     dockerfile = REPO_ROOT / "Dockerfile"
@@ -167,6 +184,7 @@ def build_action_image(base_image: str, tag: str = ACTION_IMAGE_TAG) -> ActionIm
         [
             "docker",
             "build",
+            *(["--no-cache"] if no_cache else []),
             "--build-arg",
             f"BASE_IMAGE={base_image}",
             "-t",
@@ -188,7 +206,45 @@ def build_action_image(base_image: str, tag: str = ACTION_IMAGE_TAG) -> ActionIm
     if previous and previous != image_id:
         # Our own previous build of this tag, now dangling: do not pile them up.
         subprocess.run(["docker", "image", "rm", previous], capture_output=True, timeout=120)
-    return ActionImage(tag, image_id, _image_size(tag), _image_size(base_image), seconds)
+    stages = _stage_images(result.stdout)
+    if not no_cache:
+        _remove_superseded_stages(tag, stages)
+    return ActionImage(tag, image_id, _image_size(tag), _image_size(base_image), seconds, stages)
+
+
+def _remove_superseded_stages(tag: str, stages: tuple[str, ...]) -> None:
+    """The build stages of this tag's previous build, when this build made new ones: they are
+    nothing's parent any more (`docker image rm` refuses an image that is still a parent)."""
+    record = CACHE_DIR / "stage-images" / f"{_NAME_SANITIZE.sub('_', tag)}.json"
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError):
+        previous = []
+    for image in previous:
+        if isinstance(image, str) and image not in stages:
+            subprocess.run(["docker", "image", "rm", image], capture_output=True, timeout=120)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(list(stages)))
+
+
+_BUILD_STEP = re.compile(r"^Step \d+/\d+ : (\w+)")
+_BUILD_STEP_RESULT = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+
+def _stage_images(output: str) -> tuple[str, ...]:
+    """From the legacy builder's output: the image each step before a later FROM ended with."""
+    found: list[str] = []
+    last: str | None = None
+    in_stage = False
+    for line in output.splitlines():
+        step = _BUILD_STEP.match(line)
+        if step and step.group(1).upper() == "FROM":
+            if in_stage and last is not None:
+                found.append(last)
+            in_stage, last = True, None
+        elif in_stage and (result := _BUILD_STEP_RESULT.match(line)):
+            last = result.group(1)
+    return tuple(found)
 
 
 def _image_id(reference: str) -> str | None:
@@ -212,6 +268,41 @@ def load_action(path: Path = ACTION_YML) -> dict[str, Any]:
     document = yaml.safe_load(path.read_text())
     assert isinstance(document, dict)
     return document
+
+
+def action_with_image(reference: str, path: Path = ACTION_YML) -> dict[str, Any]:
+    """action.yml as a release publishes it: `runs.image: docker://REFERENCE`, a prebuilt image
+    the runner pulls instead of building the Dockerfile."""
+    document = load_action(path)
+    document["runs"]["image"] = f"docker://{reference}"
+    return document
+
+
+def image_to_run(action: Mapping[str, Any], built: str | None) -> str:
+    """What every stage's `docker run` runs: REF for `runs.image: docker://REF`, else the tag
+    the job's "Set up job" built from the Dockerfile (`built`)."""
+    image = str(action["runs"]["image"])
+    if image.startswith("docker://"):
+        if built is not None:
+            raise ValueError(f"runs.image is {image}: the runner builds nothing, pass None")
+        return image.removeprefix("docker://")
+    if built is None:
+        raise ValueError(f"runs.image is {image}: build it first (build_action_image)")
+    return built
+
+
+@dataclass(frozen=True)
+class Pull:
+    reference: str
+    seconds: float
+    output: str
+
+
+def pull_image(reference: str) -> Pull:
+    """`docker pull REFERENCE`, as the runner's "Set up job" does for a `docker://` image."""
+    started = time.monotonic()
+    output = docker("pull", reference, timeout=1200)
+    return Pull(reference, time.monotonic() - started, output)
 
 
 _GITHUB_EXPRESSION = re.compile(r"\$\{\{\s*github\.([A-Za-z_]+)\s*\}\}")
@@ -393,9 +484,13 @@ def free_port() -> int:
 @dataclass
 class RunnerJob:
     """One job on a self-hosted-like runner: `<work>/_temp` is RUNNER_TEMP (fresh per job),
-    `<work>/<repo>/<repo>` the workspace. Stages of the action share the job's state."""
+    `<work>/<repo>/<repo>` the workspace. Stages of the action share the job's state.
 
-    image: str
+    `image` is the tag build_action_image made when the action document says `runs.image:
+    Dockerfile`, and None when it says `docker://REF`: then the job pulls REF at its start
+    ("Set up job", `pull` records it) and runs REF."""
+
+    image: str | None
     work: Path
     repository: str = "octo-org/octo-repo"
     ref: str = "refs/heads/main"
@@ -430,6 +525,9 @@ class RunnerJob:
         event = self.event if self.event is not None else self._default_event()
         self.event_path = self.runner_temp / "_github_workflow" / "event.json"
         self.event_path.write_text(json.dumps(event))
+        # "Set up job": a `docker://` image is pulled once, before any step.
+        self.stage_image = image_to_run(self.action, self.image)
+        self.pull: Pull | None = None if self.image is not None else pull_image(self.stage_image)
 
     def _default_event(self) -> dict[str, Any]:
         repository = {
@@ -606,7 +704,7 @@ class RunnerJob:
         )
         translated = {name: self.translate(value) for name, value in variables.items()}
 
-        image_name = self.image
+        image_name = self.stage_image
         argv = [
             "docker",
             "run",

@@ -26,7 +26,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.conftest import require, require_tool
+from tests.conftest import RegistryProcess, require, require_tool
 from tests.credentials import make_pki, write_htpasswd
+from tests.docker_images import push_digest
 from tests.images import Image, make_image
 from tests.readme import PUBLISHED_IMAGE, shell_command, workflow_with
 from tests.runner import (
@@ -46,6 +47,7 @@ from tests.runner import (
     ActionImage,
     RunnerJob,
     StageResult,
+    action_with_image,
     bridge_gateway,
     build_action_image,
     container_exists,
@@ -63,7 +65,7 @@ pytestmark = pytest.mark.docker
 
 LABEL = "io.github.cache-action.registry"
 NAMESPACE = "octo-org.octo-repo"  # the default namespace of RunnerJob's repository
-MAX_OWN_IMAGE_BYTES = 100 * 1000 * 1000  # what the Dockerfile adds on top of its base image
+MAX_OWN_IMAGE_BYTES = 50 * 1000 * 1000  # what the Dockerfile adds on top of its base image
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -251,10 +253,22 @@ def all_local_entries(store: Path) -> dict[str, bytes]:
     }
 
 
-def leftover_containers(image: ActionImage) -> list[str]:
-    """Containers of the action's image still around (registry, store helper, stages)."""
-    output = docker("ps", "-a", "--filter", f"ancestor={image.id}", "--format", "{{.Names}}")
+def leftover_containers() -> list[str]:
+    """This test run's containers still around: stages, and the registry and store helpers the
+    action started (they carry the action container's runner label). Other test runs on the
+    same Docker daemon have their own label."""
+    output = docker("ps", "-a", "--filter", f"label={INSTANCE_LABEL}", "--format", "{{.Names}}")
     return output.split()
+
+
+def assert_registry_runs_from_the_stage_image(job: RunnerJob, port: int) -> None:
+    """The sibling registry runs the image the stage ran, labelled as the action container."""
+    registry = json.loads(docker("container", "inspect", registry_container_name(port)))[0]
+    stage_image = json.loads(docker("image", "inspect", job.stage_image))[0]
+    assert registry["Image"] == stage_image["Id"], (registry["Image"], job.stage_image)
+    labels = registry["Config"]["Labels"]
+    assert INSTANCE_LABEL in labels, labels
+    assert labels[LABEL] == "true" and labels[f"{LABEL}.port"] == str(port), labels
 
 
 def gateway_port_closed() -> int:
@@ -278,7 +292,8 @@ def test_action_image_builds_from_the_dockerfile_and_stays_small(action_image: A
     # The runner's --entrypoint takes action.yml's names as they are: both must be executables.
     for name in ("entrypoint.py", "post-entrypoint.py"):
         found = docker(
-            "run", "--rm", "--entrypoint", "sh", action_image.tag, "-c", f"command -v {name}"
+            *("run", "--rm", "--label", INSTANCE_LABEL, "--entrypoint", "sh", action_image.tag),
+            *("-c", f"command -v {name}"),
         )
         assert found.strip().endswith(name), found
     megabytes = {
@@ -288,6 +303,54 @@ def test_action_image_builds_from_the_dockerfile_and_stays_small(action_image: A
     }
     print("action image MB: " + ", ".join(f"{k} {v:.1f}" for k, v in megabytes.items()))
     assert 0 < action_image.own_size <= MAX_OWN_IMAGE_BYTES
+
+
+IMAGE_CHECK = """
+set -e
+touch /tmp/before && sleep 1
+python3 /checks/image-imports.py > /dev/null
+find / -xdev -name '*.pyc' -newer /tmp/before
+python3 -c 'import zstandard; print("zstandard", zstandard.backend)'
+for name in pip setuptools wheel pycparser cffi; do
+  python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$name') is None)" \
+    && echo "$name is importable"
+done
+command -v strip gcc || true
+"""
+
+
+def test_action_image_imports_everything_it_needs_from_byte_compiled_files(
+    action_image: ActionImage,
+) -> None:
+    """The trimmed image still satisfies every import statement of the package (the lazy ones
+    too: scripts/image-imports.py), from .pyc files that are all there and valid: importing
+    everything with bytecode writing allowed writes none. No build tool is in the image."""
+    output = docker(
+        *("run", "--rm", "--label", INSTANCE_LABEL, "-e", "PYTHONDONTWRITEBYTECODE="),
+        *("-v", f"{REPO_ROOT / 'scripts'}:/checks:ro", "--entrypoint", "sh", action_image.tag),
+        *("-c", IMAGE_CHECK),
+    )
+    # No .pyc written, the C backend of zstandard, and nothing else.
+    assert output.splitlines() == ["zstandard cext"], output
+
+
+def test_leftover_check_sees_this_runs_containers_and_not_another_runs(
+    action_image: ActionImage, containers: list[str]
+) -> None:
+    """Two test runs on one Docker daemon: each has its own runner label (TEST_RUN_ID), so a
+    container of the same image left by the other run is not this run's leftover."""
+    other_label = hashlib.sha256(b"cache-action-tests/another-run/.runner").hexdigest()[:6]
+    assert other_label != INSTANCE_LABEL
+    names = {
+        label: f"leftover-probe-{secrets.token_hex(4)}" for label in (other_label, INSTANCE_LABEL)
+    }
+    for label, name in names.items():
+        containers.append(name)
+        docker("create", "--name", name, "--label", label, action_image.tag)
+    assert leftover_containers() == [names[INSTANCE_LABEL]]
+    remove_container(names[INSTANCE_LABEL])
+    assert leftover_containers() == []
+    assert container_exists(names[other_label])
 
 
 # --- the local store, two jobs ----------------------------------------------------------------
@@ -306,7 +369,76 @@ def test_local_store_saves_in_one_job_and_restores_in_the_next(
     """runner-directory: `local:///<a runner path>` outside every mount of the action container
     (an NFS mount, a directory kept between jobs); workspace: `local:///github/workspace/...`,
     which persists between jobs of a self-hosted runner."""
-    job = new_job(action_image, runner_work)
+    two_jobs_on_a_local_store(
+        lambda: new_job(action_image, runner_work), skopeo, images, port, tmp_path, where
+    )
+
+
+@pytest.fixture
+def pushed_action_image(
+    action_image: ActionImage, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The action's image in this project's registry, as a release publishes it: pushed, then
+    untagged here (so the job's pull is real: the reference by digest is absent). Yields
+    `127.0.0.1:PORT/cache-action@sha256:...`."""
+    top = tmp_path_factory.mktemp("image-registry")
+    registry = RegistryProcess(top / "root", top / "ready.json", top / "registry.log").start()
+    tag = f"{registry.address}/cache-action:test"
+    reference = ""
+    try:
+        docker("tag", action_image.tag, tag)
+        try:
+            reference = f"{registry.address}/cache-action@{push_digest(docker('push', tag))}"
+        finally:
+            docker("rmi", tag)  # also drops the digest reference the push recorded
+        assert not image_exists(reference), reference
+        yield reference
+    finally:
+        if reference and image_exists(reference):
+            docker("rmi", reference)  # the digest reference the jobs pulled, nothing else
+        registry.stop()
+
+
+def test_prebuilt_image_pulled_by_digest_saves_in_one_job_and_restores_in_the_next(
+    pushed_action_image: str,
+    skopeo: str,
+    images: Images,
+    port: int,
+    runner_work: Path,
+    tmp_path: Path,
+) -> None:
+    """action.yml with `runs.image: docker://127.0.0.1:PORT/cache-action@sha256:...`: the runner
+    pulls the image in "Set up job" and runs it; the action's sibling registry runs the pulled
+    image. The same two jobs as with the Dockerfile."""
+    document = action_with_image(pushed_action_image)
+    pulls: list[RunnerJob] = []
+
+    def pulling_job() -> RunnerJob:
+        assert image_exists(pushed_action_image) == bool(pulls)  # absent until the first pull
+        job = RunnerJob(None, runner_work, action=document)
+        assert job.pull is not None and job.pull.reference == pushed_action_image
+        assert job.stage_image == pushed_action_image
+        assert image_exists(pushed_action_image), job.pull.output
+        pulls.append(job)
+        return job
+
+    two_jobs_on_a_local_store(pulling_job, skopeo, images, port, tmp_path, "runner-directory")
+    assert len(pulls) == 2  # one pull per job, as the runner does
+    for job in pulls:
+        assert {result.argv[-1] for result in job.results} == {pushed_action_image}
+
+
+def two_jobs_on_a_local_store(
+    make_job: Callable[[], RunnerJob],
+    skopeo: str,
+    images: Images,
+    port: int,
+    tmp_path: Path,
+    where: str,
+) -> None:
+    """Job 1: main (cold), BuildKit pushes, post saves; job 2 on the same runner: main restores
+    exactly that, post finds nothing to save. Nothing of the run's is left behind."""
+    job = make_job()
     if where == "runner-directory":
         store = tmp_path / "nfs" / "buildkit-cache"
         inputs = local_inputs(store, port)
@@ -327,6 +459,7 @@ def test_local_store_saves_in_one_job_and_restores_in_the_next(
         "cache-to": f"type=registry,ref={registry}/cache:app,mode=max,ignore-error=true",
     }
     assert container_exists(registry_container_name(port))
+    assert_registry_runs_from_the_stage_image(job, port)
     # BuildKit's part: push through cache-to's ref, read back through cache-from's.
     skopeo_push(skopeo, images.a, registry_ref(main.outputs["cache-to"]))
     assert options_of(main.outputs["cache-to"])["mode"] == "max"
@@ -350,10 +483,10 @@ def test_local_store_saves_in_one_job_and_restores_in_the_next(
     assert rows["Saved"].startswith(f"`{key}`")
     assert ": 4 blobs, " in rows["Saved"]  # two layers, the config and the manifest
     assert not container_exists(registry_container_name(port))
-    assert leftover_containers(action_image) == []
+    assert leftover_containers() == []
 
     # The next job on this runner: a fresh RUNNER_TEMP, the same store.
-    job2 = new_job(action_image, runner_work)
+    job2 = make_job()
     assert not (job2.runner_temp / f"cache-action-{port}").exists()
     main2 = job2.main(inputs)
     assert_clean(main2)
@@ -368,7 +501,7 @@ def test_local_store_saves_in_one_job_and_restores_in_the_next(
     assert rows2["Restored"].startswith("**exact**") and key in rows2["Restored"]
     assert rows2["Saved"] == "nothing: nothing changed since the restore"
     assert local_entries(store) == saved
-    assert leftover_containers(action_image) == []
+    assert leftover_containers() == []
 
 
 # --- S3 (SeaweedFS) ---------------------------------------------------------------------------
@@ -514,7 +647,7 @@ def test_feature_branch_restores_main_and_pull_request_target_never_writes_main(
         key.startswith(f"entries/{NAMESPACE}/app/{quote('refs/pull/7/merge', safe='')}/")
         for key in new
     ), new
-    assert leftover_containers(action_image) == []
+    assert leftover_containers() == []
 
 
 # --- a job that runs in a container -----------------------------------------------------------
@@ -574,6 +707,8 @@ def test_job_container_network_reaches_the_registry_by_alias_and_the_host_by_loo
         "--rm",
         "--name",
         name,
+        "--label",
+        INSTANCE_LABEL,
         "--network",
         job_network,
         "--entrypoint",
@@ -702,7 +837,7 @@ def test_registry_killed_mid_job_post_warns_and_saves_only_complete_tags(
     assert_serves(skopeo, f"{registry}/cache:app", images.a, tmp_path / "pull-app")
     assert_serves(skopeo, f"{registry}/cache:other", images.b, tmp_path / "pull-other")
     assert_clean(job2.post(inputs))
-    assert leftover_containers(action_image) == []
+    assert leftover_containers() == []
 
 
 def test_unreachable_s3_fails_main_only_in_strict_mode(
@@ -761,7 +896,8 @@ def service(
     """`docker run -d -p 127.0.0.1:PORT:5000 -v DIR:/cache IMAGE serve`; yields its name."""
     name = f"cache-service-{secrets.token_hex(4)}"
     names.append(name)
-    arguments = ["run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5000"]
+    arguments = ["run", "-d", "--name", name, "--label", INSTANCE_LABEL]
+    arguments += ["-p", f"127.0.0.1:{port}:5000"]
     arguments += ["-v", f"{volume}:/cache", "--health-interval", "1s"]
     for key in env:
         arguments += ["-e", key]

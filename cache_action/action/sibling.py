@@ -6,6 +6,10 @@ reaches 127.0.0.1:<port>), or, in jobs with `container:`/`services:`, on the job
 under an alias with the port published on the host's 127.0.0.1. Bind mounts need host paths,
 read from the action container's own mounts. Readiness is a file the registry writes: the
 action container cannot connect to the host's loopback.
+
+Siblings carry the labels the action container was started with (the runner puts its instance
+label, `--label <hex6>`, on every container it starts), so whatever cleans up after a runner's
+jobs by that label finds them too.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class ActionContainer:
     image_id: str
     mounts: tuple[tuple[str, str], ...]  # (host source, container destination)
     job_network: str | None
+    labels: tuple[tuple[str, str], ...] = ()  # its own `--label`s, not its image's
 
     def sees(self, path: str) -> bool:
         """Whether `path` is on one of this container's bind mounts (the runner host's files
@@ -93,7 +98,16 @@ def inspect_self(client: Any) -> ActionContainer:
     )
     networks = me.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
     job_network = next((n for n in networks if n not in ("bridge", "host", "none")), None)
-    return ActionContainer(me.id, me.image.id, mounts, job_network)
+    image = me.image
+    from_image = image.labels or {}
+    labels = tuple(
+        sorted(
+            (key, value)
+            for key, value in (me.attrs.get("Config", {}).get("Labels") or {}).items()
+            if from_image.get(key) != value
+        )
+    )
+    return ActionContainer(me.id, image.id, mounts, job_network, labels)
 
 
 def start_registry(
@@ -147,15 +161,22 @@ def start_registry(
 
 
 def _run_sibling(
-    client: Any, me: ActionContainer, arguments: list[str], volumes: dict[str, Any], **options: Any
+    client: Any,
+    me: ActionContainer,
+    arguments: list[str],
+    volumes: dict[str, Any],
+    labels: dict[str, str],
+    **options: Any,
 ) -> Any:
-    """`python -m cache_action ARGUMENTS`, detached, from the action's own image."""
+    """`python -m cache_action ARGUMENTS`, detached, from the action's own image, with the
+    action container's labels and `labels`."""
     return client.containers.run(
         me.image_id,
         arguments,
         entrypoint=["python3", "-m", "cache_action"],
         detach=True,
         volumes=volumes,
+        labels={**dict(me.labels), **labels},
         **options,
     )
 
