@@ -1020,12 +1020,14 @@ def readme_docker_run(prefix: str, image: ActionImage, replace: dict[str, str]) 
     return shlex.split(line)
 
 
-def wait_answering(name: str, url: str, timeout: float = 60) -> requests.Response:
+def wait_answering(
+    name: str, url: str, timeout: float = 60, ca: Path | None = None
+) -> requests.Response:
     """Until the registry answers at all (200 or 401), then until Docker calls it healthy."""
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(requests.RequestException):
-            response = requests.get(f"{url}/v2/", timeout=2, verify=False)
+            response = requests.get(f"{url}/v2/", timeout=2, verify=str(ca) if ca else True)
             if response.status_code in (200, 401):
                 break
         state = json.loads(docker("container", "inspect", name))[0]["State"]
@@ -1128,7 +1130,7 @@ def test_service_docker_run_for_remote_use_needs_credentials_and_speaks_tls(
     containers.append(name)
     docker(*argv[1:])
     url = f"https://{host}:{port}"
-    assert wait_answering(name, url).status_code == 401
+    assert wait_answering(name, url, ca=pki.ca_cert).status_code == 401
     ref = f"{host}:{port}/cache:app"
     cert_dir = f"--dest-cert-dir={pki.cert_dir}"
     pushed = subprocess.run(
