@@ -41,12 +41,12 @@ from typing import Any
 
 from bench.common import MIB, median, require_tool, settle_disk, tool_version
 from cache_action.scopes import EntryName
-from cache_action.storage.layout import Layout
+from cache_action.storage.root import Storage
+from cache_action.storage.snapshot import take_snapshot
 from cache_action.stores.content import ContentAddressedStore
-from cache_action.stores.factory import open_store
-from cache_action.stores.snapshot import take_snapshot
 from tests.roots import BuiltImage, add_image, add_layer, push_into_root, tags
 from tests.seaweed import S3Server, find_weed, running_seaweed
+from tests.stores_helpers import open_url
 
 REPOSITORY = "bench/app"
 TAG = "latest"
@@ -155,7 +155,7 @@ def store_for(server: S3Server, prefix: str, endpoint: str | None = None) -> Con
     env = server.env()
     if endpoint is not None:
         env["S3_ENDPOINT"] = endpoint
-    store = open_store(server.url(prefix), env)
+    store = open_url(server.url(prefix), env)
     assert isinstance(store, ContentAddressedStore)
     return store
 
@@ -193,7 +193,7 @@ def measure(args: argparse.Namespace, report: Report, server: S3Server, work: Pa
     root = work / "root"
     push_into_root(root, work / "push1", skopeo_path(), [(first, REPOSITORY)])
     assert tags(root, REPOSITORY) == {TAG: first.manifest_digest}
-    before = take_snapshot(Layout(root)).blobs
+    before = take_snapshot(Storage.open(root)).blobs
     report.root_bytes, report.root_blobs = sum(before.values()), len(before)
 
     prefix = "bench"
@@ -202,7 +202,7 @@ def measure(args: argparse.Namespace, report: Report, server: S3Server, work: Pa
         through_proxy = f"http://127.0.0.1:{proxy.port}"
         proxy.reset()
         report.save1_seconds, saved = timed(
-            lambda: store_for(server, prefix, through_proxy).save(Layout(root), ENTRY)
+            lambda: store_for(server, prefix, through_proxy).save(Storage.open(root), ENTRY)
         )
         assert saved.saved, saved.skipped_reason
         report.save1_bytes_reported = saved.bytes_uploaded
@@ -210,14 +210,14 @@ def measure(args: argparse.Namespace, report: Report, server: S3Server, work: Pa
 
         push_into_root(root, work / "push2", skopeo_path(), [(second, REPOSITORY)])
         assert tags(root, REPOSITORY) == {TAG: second.manifest_digest}
-        after = take_snapshot(Layout(root)).blobs
+        after = take_snapshot(Storage.open(root)).blobs
         new = {d: n for d, n in after.items() if d not in before}
         report.new_blobs, report.new_bytes = len(new), sum(new.values())
         report.changed_layer_bytes = second.layers[-1].size
 
         proxy.reset()
         report.save2_seconds, saved = timed(
-            lambda: store_for(server, prefix, through_proxy).save(Layout(root), ENTRY)
+            lambda: store_for(server, prefix, through_proxy).save(Storage.open(root), ENTRY)
         )
         assert saved.saved, saved.skipped_reason
         report.save2_blobs_reported = saved.blobs_uploaded
@@ -226,7 +226,7 @@ def measure(args: argparse.Namespace, report: Report, server: S3Server, work: Pa
         report.upload_ratio = proxy.sent / report.new_bytes
     finally:
         proxy.close()
-    expected = take_snapshot(Layout(root)).blobs
+    expected = take_snapshot(Storage.open(root)).blobs
 
     tarball = work / "root.tar"
     subprocess.run(
@@ -239,7 +239,7 @@ def measure(args: argparse.Namespace, report: Report, server: S3Server, work: Pa
     tarball.unlink()
 
     def ours(target: Path) -> None:
-        result = store_for(server, prefix).restore(Layout(target), [[ENTRY]])
+        result = store_for(server, prefix).restore(Storage.open(target), [[ENTRY]])
         assert result.tags_dropped == [], result.tags_dropped
         assert result.bytes_downloaded == sum(expected.values()), result.to_json()
         assert tags(target, REPOSITORY) == {TAG: second.manifest_digest}

@@ -14,15 +14,17 @@ from typing import Any
 from cache_action import __version__
 from cache_action.errors import CacheActionError, InputError
 from cache_action.registry import READY_FILE
+from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.access import read_stats
 from cache_action.storage.gc import collect_garbage
 from cache_action.storage.inventory import take_inventory
-from cache_action.storage.layout import Layout, usable_root
-from cache_action.storage.lock import root_lock
+from cache_action.storage.layout import usable_root
 from cache_action.storage.prune import PrunePolicy, Verify, prune
+from cache_action.storage.root import Storage
 from cache_action.stores.base import RestoreResult, SaveResult, StoreError
 from cache_action.stores.factory import open_store
+from cache_action.stores.spec import S3Options, parse_store
 from cache_action.units import parse_duration, parse_size
 
 ROOT_HELP = "the registry's directory (a cache root), created if missing"
@@ -104,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
             )
         else:
             cmd.add_argument("--scope", required=True, help="the scope to save")
+            cmd.add_argument(
+                "--force",
+                action="store_true",
+                help="save even when nothing changed since the restore (default: skip)",
+            )
     return parser
 
 
@@ -163,19 +170,18 @@ def _transfer(args: argparse.Namespace) -> int:
     settings, the root's included, are usage errors."""
     namespace = validate_token("--namespace", args.namespace)
     ref = normalize_ref("--ref", args.ref)
-    store = open_store(args.store, os.environ, "--store")
-    layout = usable_root("--root", args.root)
+    spec = parse_store("--store", args.store, S3Options.from_env(os.environ))
+    store = open_store(spec, RunnerContext.from_env(os.environ))
+    storage = Storage.open(usable_root("--root", args.root).root)
     try:
         if args.command == "restore":
             scopes = [validate_token("--scope", s) for s in args.scope]
             refs = [ref, *(normalize_ref("--fallback-ref", r) for r in args.fallback_ref)]
             chains = [[EntryName(namespace, s, r) for r in dict.fromkeys(refs)] for s in scopes]
-            with root_lock(layout, "restore"):
-                result: RestoreResult | SaveResult = store.restore(layout, chains)
+            result: RestoreResult | SaveResult = store.restore(storage, chains)
         else:
             name = EntryName(namespace, validate_token("--scope", args.scope), ref)
-            with root_lock(layout, "save"):
-                result = store.save(layout, name)
+            result = store.save(storage, name, force=args.force)
     except (StoreError, OSError) as error:
         if args.strict:
             raise CacheActionError(
@@ -194,16 +200,15 @@ def _run(args: argparse.Namespace) -> int:
         return health(args.ready_file)
     if args.command == "serve":
         return _serve(args)
-    layout = usable_root("--root", args.root, create=False)
+    storage = Storage.open(usable_root("--root", args.root, create=False).root)
     if args.command == "gc":
-        with root_lock(layout, "gc"):
-            report = collect_garbage(layout, dry_run=args.dry_run)
+        report = collect_garbage(storage, dry_run=args.dry_run)
         print(json.dumps(report.to_json(), indent=1))
         return 0
     if args.command == "prune":
-        return _prune(args, layout)
-    document = {"root": str(layout.root), **take_inventory(layout).to_json()}
-    document["last_run"] = read_stats(layout)
+        return _prune(args, storage)
+    document = {"root": str(storage.layout.root), **take_inventory(storage).to_json()}
+    document["last_run"] = read_stats(storage.layout)
     print(json.dumps(document, indent=1))
     return 0
 
@@ -230,13 +235,13 @@ def _flag_text(value: object) -> str:
     return "true" if value is True else str(value)
 
 
-def _prune(args: argparse.Namespace, layout: Layout) -> int:
+def _prune(args: argparse.Namespace, storage: Storage) -> int:
     keep = None
     if args.keep is not None:
         if not args.keep.strip().isascii() or not args.keep.strip().isdigit():
             raise InputError("--keep", args.keep, "a whole number of tags, 0 or more")
         keep = int(args.keep)
-    started_at = (read_stats(layout) or {}).get("started_at")
+    started_at = (read_stats(storage.layout) or {}).get("started_at")
     if not isinstance(started_at, int | float) or isinstance(started_at, bool):
         started_at = None  # no (or an unreadable) last run: nothing is protected
     policy = PrunePolicy(
@@ -247,8 +252,7 @@ def _prune(args: argparse.Namespace, layout: Layout) -> int:
         protect_since=started_at,  # what the last run (the build just served) used stays
         dry_run=args.dry_run,
     )
-    with root_lock(layout, "prune"):
-        report = prune(layout, policy)
+    report = prune(storage, policy)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
         return 0

@@ -35,17 +35,18 @@ from pathlib import Path
 
 from cache_action.errors import CacheActionError, InputError, StoreError
 from cache_action.registry import READY_FILE
-from cache_action.registry.context import Registry
+from cache_action.registry.context import ServerState
 from cache_action.registry.server import bind, serve
 from cache_action.registry.settings import FLAGS, VARIABLES, ServeConfig, parse_serve_settings
+from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName, normalize_ref, validate_token
 from cache_action.storage.digests import Digest
 from cache_action.storage.layout import usable_root
-from cache_action.storage.lock import root_lock
 from cache_action.storage.prune import PrunePolicy, prune
 from cache_action.storage.root import Storage
 from cache_action.stores.base import Store
 from cache_action.stores.factory import open_store
+from cache_action.stores.spec import LocalSpec, S3Options, StoreSpec, parse_store
 from cache_action.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ DEFAULT_STORE = "local:///cache/store"
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    store_url: str
+    store: StoreSpec
     serve: ServeConfig
     mode: str
     ttl_seconds: float | None
@@ -77,7 +78,8 @@ class ServiceConfig:
         mode = env.get("CACHE_MODE", "max")
         if mode not in ("min", "max"):
             raise InputError("CACHE_MODE", mode, "min or max")
-        store_url = _store_url(env)
+        store_url, store_setting = _store_url(env)
+        store = parse_store(store_setting, store_url, S3Options.from_env(env))
         defaulted = [names["root"]] if not values["root"] else []
         if not env.get("BUILDKIT_CACHE_REPO") and store_url == DEFAULT_STORE:
             defaulted.append("BUILDKIT_CACHE_REPO")
@@ -90,9 +92,9 @@ class ServiceConfig:
         values["root"] = values["root"] or DEFAULT_ROOT
         if not values["ready_file"] and _in_container_with_volume():
             values["ready_file"] = str(READY_FILE)  # the image's health check reads it
-        _check_apart(store_url, Path(values["root"]), names["root"])
+        _check_apart(store, Path(values["root"]), names["root"])
         return cls(
-            store_url=store_url,
+            store=store,
             serve=parse_serve_settings(values, names),
             mode=mode,
             ttl_seconds=parse_duration("CACHE_TTL", env.get("CACHE_TTL", "7d")),
@@ -120,32 +122,33 @@ def _in_container_with_volume(mountinfo: Path = Path("/proc/self/mountinfo")) ->
     return any(line.split()[4:5] == [str(VOLUME)] for line in mounts)
 
 
-def _store_url(env: Mapping[str, str]) -> str:
+def _store_url(env: Mapping[str, str]) -> tuple[str, str]:
+    """The store's URL and the variable it came from."""
     url = env.get("BUILDKIT_CACHE_REPO", "")
     if url:
-        return url
+        return url, "BUILDKIT_CACHE_REPO"
     backend = env.get("STORAGE_BACKEND", "local").lower()
     if backend == "local":
-        return DEFAULT_STORE
+        return DEFAULT_STORE, "STORAGE_BACKEND"
     if backend == "s3" and env.get("S3_BUCKET"):
         prefix = env.get("S3_PREFIX", "buildkit-cache").strip("/")
-        return f"s3://{env['S3_BUCKET']}/{prefix}"
+        return f"s3://{env['S3_BUCKET']}/{prefix}", "S3_BUCKET"
     raise InputError(
         "STORAGE_BACKEND", backend, "local, or s3 with S3_BUCKET (or set BUILDKIT_CACHE_REPO)"
     )
 
 
-def _check_apart(store_url: str, root: Path, root_setting: str) -> None:
+def _check_apart(spec: StoreSpec, root: Path, root_setting: str) -> None:
     """A local store and the registry root may share a volume (store /cache, root
     /cache/registry) but not directories: each would take the other's files for its own."""
-    if not store_url.startswith("local://"):
+    if not isinstance(spec, LocalSpec):
         return
-    store = Path(store_url.removeprefix("local://")).absolute()
+    store = spec.path.absolute()
     registry = root.absolute()
     if registry == store or store.is_relative_to(registry):
         raise InputError(
             "BUILDKIT_CACHE_REPO",
-            store_url,
+            spec.url,
             f"a directory outside the registry root {registry} (e.g. local:///cache with "
             "the default root /cache/registry)",
         )
@@ -156,12 +159,13 @@ def _check_apart(store_url: str, root: Path, root_setting: str) -> None:
 
 def run_service(env: Mapping[str, str], flags: Mapping[str, str] | None = None) -> int:
     config = ServiceConfig.from_env(env, flags)
-    store = open_store(config.store_url, env, "BUILDKIT_CACHE_REPO")
+    store = open_store(config.store, RunnerContext.from_env(env))
     sock = bind(config.serve.listen)  # a port in use stops it before the restore
+    # One Storage for the restore, the server and maintenance: one live access record, so
+    # what prune forgets is not written back by the server's next flush.
     storage = Storage.open(usable_root(config.serve.root_setting, config.serve.root).root)
     try:
-        with root_lock(storage.layout, "restore"):
-            result = store.restore(storage.layout, [[config.entry]])
+        result = store.restore(storage, [[config.entry]])
         log.info("restored from %s: %s", store.description, result.to_json())
     except (StoreError, OSError) as error:
         log.warning("restore failed, starting cold: %s", error)
@@ -173,19 +177,21 @@ def run_service(env: Mapping[str, str], flags: Mapping[str, str] | None = None) 
         config.mode,
     )
 
-    async def maintain_periodically(registry: Registry) -> None:
+    async def maintain_periodically(state: ServerState) -> None:
         if config.save_interval is None:
             return
         while True:
             await asyncio.sleep(config.save_interval)
-            await _prune_while_serving(registry, config)
-            await asyncio.to_thread(_save, store, registry.storage, config.entry)
+            await _prune_while_serving(state, config)
+            await asyncio.to_thread(_save, store, state.storage, config.entry)
 
-    async def prune_and_save_at_shutdown(registry: Registry) -> None:
-        _prune(registry.storage, _policy(config, serving=False))
-        _save(store, registry.storage, config.entry)
+    async def prune_and_save_at_shutdown(state: ServerState) -> None:
+        _prune(state.storage, _policy(config, serving=False))
+        _save(store, state.storage, config.entry)
 
-    asyncio.run(serve(config.serve, maintain_periodically, prune_and_save_at_shutdown, sock))
+    asyncio.run(
+        serve(config.serve, maintain_periodically, prune_and_save_at_shutdown, sock, storage)
+    )
     return 0
 
 
@@ -202,23 +208,23 @@ def _policy(
     )
 
 
-async def _prune_while_serving(registry: Registry, config: ServiceConfig) -> None:
+async def _prune_while_serving(state: ServerState, config: ServiceConfig) -> None:
     """Requests wait a moment; blobs clients touched lately are spared even when unreachable
     (a manifest naming them may be on its way)."""
-    await registry.pause()
+    await state.pause()
     try:
-        access = registry.storage.access
+        access = state.storage.access
         access.flush()
         cutoff = time.time() - RECENT_SECONDS
         spare = frozenset(Digest.parse(d) for d, t in access.times["blobs"].items() if t >= cutoff)
-        await asyncio.to_thread(_prune, registry.storage, _policy(config, True, spare))
+        await asyncio.to_thread(_prune, state.storage, _policy(config, True, spare))
     finally:
-        registry.resume()
+        state.resume()
 
 
 def _prune(storage: Storage, policy: PrunePolicy) -> None:
     try:
-        report = prune(storage.layout, policy)
+        report = prune(storage, policy)
         log.info("pruned: %s", report.to_json())
     except OSError as error:
         log.warning("prune failed: %s", error)
@@ -226,7 +232,7 @@ def _prune(storage: Storage, policy: PrunePolicy) -> None:
 
 def _save(store: Store, storage: Storage, entry: EntryName) -> None:
     try:
-        result = store.save(storage.layout, entry)
+        result = store.save(storage, entry)
         log.info("saved to %s: %s", store.description, result.to_json())
     except (StoreError, OSError) as error:
         log.warning("save failed (will retry): %s", error)

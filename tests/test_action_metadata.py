@@ -193,7 +193,7 @@ def service_variables_read() -> set[str]:
     from cache_action.registry.settings import VARIABLES
 
     names = set(VARIABLES.values())
-    for module in ("service.py", "stores/factory.py"):
+    for module in ("service.py", "stores/spec.py"):
         source = (ROOT / "cache_action" / module).read_text()
         names |= set(re.findall(r'env(?:\.get\(|\[)"([A-Z][A-Z0-9_]+)"', source))
     return names

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_action.storage.gc import collect_garbage
-from cache_action.storage.layout import Layout
+from cache_action.storage.root import Storage
 from tests.buildkit_client import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -222,7 +222,7 @@ def test_kill_during_manifest_burst_keeps_every_tag_valid(registry: RegistryProc
 
     # gc sweeps whatever the kill left half-written, and every tag still resolves afterwards.
     assert registry.stop() == 0
-    report = collect_garbage(Layout(registry.root))
+    report = collect_garbage(Storage.open(registry.root))
     assert report.missing == []
     for blob_dir in (
         registry.root / "blobs" / "sha256",

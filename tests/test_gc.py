@@ -18,6 +18,7 @@ from cache_action.errors import RootLockedError
 from cache_action.storage.gc import collect_garbage
 from cache_action.storage.layout import Layout
 from cache_action.storage.lock import root_lock
+from cache_action.storage.root import Storage
 from tests.buildkit_client import (
     CACHE_CONFIG,
     OCI_INDEX,
@@ -208,7 +209,7 @@ def test_dry_run_reports_exactly_and_deletes_nothing(
     before = snapshot(registry.root)
     dropped = sorted({d[7:] for repo in expected.dropped.values() for d in repo})
 
-    report = collect_garbage(Layout(registry.root), dry_run=True)
+    report = collect_garbage(Storage.open(registry.root), dry_run=True)
     assert report.dry_run is True
     assert report.blobs_deleted == dropped
     assert report.bytes_freed == expected_bytes(expected, leftover)
@@ -283,7 +284,7 @@ def test_gc_deletes_exactly_the_unreachable(
     assert registry.stop() == 0
 
     # A second run finds nothing left to do.
-    again = collect_garbage(Layout(root))
+    again = collect_garbage(Storage.open(root))
     assert (again.blobs_deleted, again.bytes_freed, again.manifests_untracked) == ([], 0, [])
     assert again.uploads_deleted == 0
 
@@ -293,7 +294,7 @@ def test_gc_keeps_buildkit_docker_list_cache(registry: RegistryProcess) -> None:
     export = cache_export("f5docker", "t", random_layers([30_001, 30_002]), "docker-list")
     BuildKit(registry.url).export(export)
     assert registry.stop() == 0
-    report = collect_garbage(Layout(registry.root))
+    report = collect_garbage(Storage.open(registry.root))
     assert (report.blobs_deleted, report.bytes_freed, report.missing) == ([], 0, [])
     assert blob_files(registry.root / "f5docker" / "blobs") == {
         *export.blobs(),
@@ -314,7 +315,7 @@ def test_gc_removes_layout_leftovers_without_calling_them_blobs(
     (repo / "ingest" / "ref" / "data").write_bytes(b"i" * 300)
     (repo / "index.json.lock").write_bytes(b"")
 
-    report = collect_garbage(Layout(registry.root))
+    report = collect_garbage(Storage.open(registry.root))
     assert not (repo / "ingest").exists()
     assert not (repo / "index.json.lock").exists()
     assert report.bytes_freed == 300
@@ -334,7 +335,7 @@ def test_gc_removes_temp_files_a_crash_left_in_a_repository(registry: RegistryPr
     for leftover in leftovers:
         leftover.write_bytes(b"{" * 100)
 
-    report = collect_garbage(Layout(registry.root))
+    report = collect_garbage(Storage.open(registry.root))
     assert [p.name for p in leftovers if p.exists()] == []
     assert report.bytes_freed == 200
     assert (repo / "index.json").read_bytes() == index

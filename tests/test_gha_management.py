@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from cache_action.scopes import EntryName
-from cache_action.stores.gha_management import CacheManagement
+from cache_action.stores.gha_management import CacheManagement, CleanupDeniedError
 from tests.github_rest_fake import NOT_ACCESSIBLE, GitHubRestFake
 
 WRITE_TOKEN = "ghs_write_0123456789abcdef"  # test values the fake accepts, not real tokens
@@ -145,7 +145,7 @@ def test_delete_superseded_never_deletes_when_its_own_entry_is_not_listed(
         (WRITE_TOKEN, "someone/else", 404),  # a repository the token cannot see
     ],
 )
-def test_denied_warns_once_then_does_nothing(
+def test_denied_advises_once_then_does_nothing(
     fake: GitHubRestFake,
     caplog: pytest.LogCaptureFixture,
     token: str,
@@ -157,17 +157,17 @@ def test_denied_warns_once_then_does_nothing(
         fake.add(MAIN, f"{own}{run}-1")
     management = CacheManagement(token, repository or fake.repository, fake.url)
     with caplog.at_level(logging.INFO, logger="cache_action"):
-        assert management.delete_superseded(own, f"{own}2-1", MAIN) == []
+        with pytest.raises(CleanupDeniedError) as denied:
+            management.delete_superseded(own, f"{own}2-1", MAIN)
         sent = len(fake.requests)
         assert management.delete_superseded(own, f"{own}2-1", MAIN) == []
         assert management.delete_superseded(own, f"{own}1-1", MAIN) == []
     assert len(fake.requests) == sent  # later calls ask nothing
     assert fake.requests[-1].status == status
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    assert "actions: write" in warnings[0].getMessage()
-    assert f"HTTP {status}" in warnings[0].getMessage()
-    assert token not in caplog.text
+    advice = str(denied.value)
+    assert "actions: write" in advice
+    assert f"HTTP {status}" in advice
+    assert token not in caplog.text and token not in advice
     assert len(fake.caches()) == 3  # nothing was deleted
 
 

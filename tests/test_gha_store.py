@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,13 +23,15 @@ import pytest
 import zstandard
 
 from cache_action.errors import StoreError
+from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName
-from cache_action.storage.layout import Layout
+from cache_action.storage.root import Storage
 from cache_action.stores.base import HitKind
 from cache_action.stores.gha.archive import create_archive
 from cache_action.stores.gha.store import GhaStore
 from cache_action.stores.gha.version import cache_version
 from cache_action.stores.gha_management import CacheManagement
+from cache_action.stores.spec import GhaSpec
 from tests.azurite import free_port
 from tests.cli import Run, run_cache_action
 from tests.conftest import RegistryProcess, require_tool
@@ -191,7 +192,7 @@ def test_round_trip_of_a_pushed_root_serves_every_image(
     skopeo: str,
     tmp_path: Path,
 ) -> None:
-    saved = make_store(emulator, "100-1").save(Layout(job_root), name())
+    saved = make_store(emulator, "100-1").save(Storage.open(job_root), name())
     assert saved.saved and saved.skipped_reason is None
     assert saved.key == f"{NS}/app/refs%2Fheads%2Ffeature/100-1"
     (entry,) = emulator.finalized()
@@ -210,7 +211,7 @@ def test_round_trip_of_a_pushed_root_serves_every_image(
     }
 
     restored = tmp_path / "next-job" / "root"
-    result = make_store(emulator, "101-1").restore(Layout(restored), [chain()])
+    result = make_store(emulator, "101-1").restore(Storage.open(restored), [chain()])
     assert result.hit is HitKind.EXACT
     assert result.restored_key == saved.key
     assert result.bytes_downloaded == entry.size
@@ -255,27 +256,29 @@ def test_save_is_skipped_when_nothing_changed(
     skopeo: str,
     tmp_path: Path,
 ) -> None:
-    first = make_store(emulator, "1-1").save(Layout(job_root), name())
+    first = make_store(emulator, "1-1").save(Storage.open(job_root), name())
     assert first.saved
-    again = make_store(emulator, "2-1").save(Layout(job_root), name())
+    again = make_store(emulator, "2-1").save(Storage.open(job_root), name())
     assert (again.saved, again.skipped_reason) == (False, "nothing changed since the restore")
 
     restored = copy_root(job_root, tmp_path / "restored")  # the next job starts from a restore
     shutil.rmtree(restored)
-    assert make_store(emulator, "3-1").restore(Layout(restored), [chain()]).hit is HitKind.EXACT
+    assert (
+        make_store(emulator, "3-1").restore(Storage.open(restored), [chain()]).hit is HitKind.EXACT
+    )
     creates = len(emulator.calls_of("CreateCacheEntry"))
-    unchanged = make_store(emulator, "3-1").save(Layout(restored), name())
+    unchanged = make_store(emulator, "3-1").save(Storage.open(restored), name())
     assert unchanged.skipped_reason == "nothing changed since the restore"
     assert len(emulator.calls_of("CreateCacheEntry")) == creates  # not even asked
 
     push_into_root(restored, tmp_path / "push", skopeo, [(images.extra, APP)])
-    changed = make_store(emulator, "3-1").save(Layout(restored), name())
+    changed = make_store(emulator, "3-1").save(Storage.open(restored), name())
     assert changed.saved and changed.key.endswith("/3-1")
     assert "extra" in tags(restored, APP)
 
 
 def test_an_empty_root_is_not_saved(emulator: CacheEmulator, tmp_path: Path) -> None:
-    result = make_store(emulator, "1-1").save(Layout(tmp_path / "empty"), name())
+    result = make_store(emulator, "1-1").save(Storage.open(tmp_path / "empty"), name())
     assert (result.saved, result.skipped_reason) == (False, "the cache is empty")
     assert emulator.calls == []
 
@@ -285,8 +288,8 @@ def test_same_key_saved_twice_is_skipped_not_an_error(
 ) -> None:
     other = copy_root(job_root, tmp_path / "other" / "root")
     push_into_root(other, tmp_path / "push", skopeo, [(images.extra, APP)])
-    assert make_store(emulator, "5-2").save(Layout(job_root), name()).saved
-    second = make_store(emulator, "5-2").save(Layout(other), name())
+    assert make_store(emulator, "5-2").save(Storage.open(job_root), name()).saved
+    second = make_store(emulator, "5-2").save(Storage.open(other), name())
     assert second.saved is False
     assert second.skipped_reason == "another job already saved this entry"
     assert emulator.calls_of("CreateCacheEntry")[-1].status == 409
@@ -300,7 +303,7 @@ def test_read_only_token_is_skipped_with_the_reason(
     emulator: CacheEmulator, job_root: Path
 ) -> None:
     token = make_token([(BRANCH, READ), (DEFAULT_BRANCH, READ)])
-    result = make_store(emulator, "1-1", token).save(Layout(job_root), name())
+    result = make_store(emulator, "1-1", token).save(Storage.open(job_root), name())
     assert result.saved is False
     assert result.skipped_reason is not None
     assert result.skipped_reason.startswith("the cache is read-only here")
@@ -323,17 +326,17 @@ def test_own_ref_is_exact_a_fallback_ref_is_partial(
     main_token = make_token([(DEFAULT_BRANCH, READ | WRITE)])
     assert (
         make_store(emulator, "1-1", main_token)
-        .save(Layout(job_root), name("app", DEFAULT_BRANCH))
+        .save(Storage.open(job_root), name("app", DEFAULT_BRANCH))
         .saved
     )
     feature_root = copy_root(job_root, tmp_path / "feature" / "root")
     push_into_root(feature_root, tmp_path / "push", skopeo, [(images.extra, APP)])
-    feature = make_store(emulator, "2-1").save(Layout(feature_root), name())
+    feature = make_store(emulator, "2-1").save(Storage.open(feature_root), name())
     assert feature.saved
 
     # the feature branch's job finds its own entry
     own = tmp_path / "own"
-    result = make_store(emulator, "3-1").restore(Layout(own), [chain()])
+    result = make_store(emulator, "3-1").restore(Storage.open(own), [chain()])
     assert (result.hit, result.restored_key) == (HitKind.EXACT, feature.key)
     assert result.restored[0].name == name()
     assert "extra" in tags(own, APP)
@@ -342,7 +345,7 @@ def test_own_ref_is_exact_a_fallback_ref_is_partial(
     other_token = make_token([(OTHER_BRANCH, READ | WRITE), (DEFAULT_BRANCH, READ)])
     fallback = tmp_path / "fallback"
     result = make_store(emulator, "4-1", other_token).restore(
-        Layout(fallback), [chain("app", OTHER_BRANCH, DEFAULT_BRANCH)]
+        Storage.open(fallback), [chain("app", OTHER_BRANCH, DEFAULT_BRANCH)]
     )
     assert result.hit is HitKind.PARTIAL
     assert result.restored_key.startswith(name("app", DEFAULT_BRANCH).prefix)
@@ -352,7 +355,7 @@ def test_own_ref_is_exact_a_fallback_ref_is_partial(
     # no fallback: a miss, and the root holds nothing
     miss = tmp_path / "miss"
     result = make_store(emulator, "5-1", other_token).restore(
-        Layout(miss), [chain("app", OTHER_BRANCH)]
+        Storage.open(miss), [chain("app", OTHER_BRANCH)]
     )
     assert (result.hit, result.restored) == (HitKind.NONE, [])
     assert tree(miss) == {}
@@ -369,14 +372,14 @@ def test_two_scopes_merge_and_the_newest_tag_wins(
     older, newer = tmp_path / "older", tmp_path / "newer"
     push_into_root(older, tmp_path / "p1", skopeo, [(images.common_old, APP), (images.only_a, APP)])
     push_into_root(newer, tmp_path / "p2", skopeo, [(images.common_new, APP), (images.only_b, APP)])
-    assert make_store(emulator, "1-1").save(Layout(older), name("a")).saved
-    assert make_store(emulator, "2-1").save(Layout(newer), name("b")).saved
+    assert make_store(emulator, "1-1").save(Storage.open(older), name("a")).saved
+    assert make_store(emulator, "2-1").save(Storage.open(newer), name("b")).saved
 
     chains = [chain("a"), chain("b")]
     if order == "newest-first":
         chains.reverse()
     merged = tmp_path / "merged"
-    result = make_store(emulator, "3-1").restore(Layout(merged), chains)
+    result = make_store(emulator, "3-1").restore(Storage.open(merged), chains)
     assert result.hit is HitKind.EXACT
     assert {entry.name.scope for entry in result.restored} == {"a", "b"}
     assert tags(merged, APP) == {
@@ -391,9 +394,9 @@ def test_two_scopes_merge_and_the_newest_tag_wins(
 def test_a_missing_scope_makes_the_hit_partial(
     emulator: CacheEmulator, job_root: Path, tmp_path: Path
 ) -> None:
-    assert make_store(emulator, "1-1").save(Layout(job_root), name("app")).saved
+    assert make_store(emulator, "1-1").save(Storage.open(job_root), name("app")).saved
     result = make_store(emulator, "2-1").restore(
-        Layout(tmp_path / "r"), [chain("app"), chain("never-saved")]
+        Storage.open(tmp_path / "r"), [chain("app"), chain("never-saved")]
     )
     assert result.hit is HitKind.PARTIAL
     assert [entry.name.scope for entry in result.restored] == ["app"]
@@ -443,7 +446,7 @@ def test_a_bad_archive_is_a_store_error_and_the_root_is_unchanged(
     push_into_root(job_root, tmp_path / "push", skopeo, [(images.extra, APP)])
     before = tree(job_root)
     with pytest.raises(StoreError):
-        make_store(emulator, "10-1").restore(Layout(job_root), [chain()])
+        make_store(emulator, "10-1").restore(Storage.open(job_root), [chain()])
     assert tree(job_root) == before
     assert staging_leftovers(job_root) == []
     assert not (job_root / ".cache-action" / "restored.json").exists()
@@ -463,13 +466,15 @@ def test_superseded_entries_are_deleted_after_a_save(
     with GitHubRestFake(tokens=REST_TOKENS, emulator=emulator) as rest:
         main_token = make_token([(DEFAULT_BRANCH, READ | WRITE)])
         main_store = make_store(emulator, "1-1", main_token, rest=rest, github_ref=DEFAULT_BRANCH)
-        main_key = main_store.save(Layout(job_root), name("app", DEFAULT_BRANCH)).key
-        base_key = make_store(emulator, "2-1", rest=rest).save(Layout(job_root), name("base")).key
-        first = make_store(emulator, "3-1", rest=rest).save(Layout(job_root), name("app"))
+        main_key = main_store.save(Storage.open(job_root), name("app", DEFAULT_BRANCH)).key
+        base_key = (
+            make_store(emulator, "2-1", rest=rest).save(Storage.open(job_root), name("base")).key
+        )
+        first = make_store(emulator, "3-1", rest=rest).save(Storage.open(job_root), name("app"))
         assert rest.requests_of("DELETE") == []  # nothing superseded yet
 
         push_into_root(job_root, tmp_path / "push", skopeo, [(images.extra, APP)])
-        second = make_store(emulator, "4-1", rest=rest).save(Layout(job_root), name("app"))
+        second = make_store(emulator, "4-1", rest=rest).save(Storage.open(job_root), name("app"))
         assert second.saved
         assert rest.keys() == {main_key, base_key, second.key}
         (deleted,) = rest.requests_of("DELETE")
@@ -480,35 +485,38 @@ def test_superseded_entries_are_deleted_after_a_save(
 
         # the newest entry is what the next job restores
         restored = tmp_path / "restored"
-        result = make_store(emulator, "5-1").restore(Layout(restored), [chain()])
+        result = make_store(emulator, "5-1").restore(Storage.open(restored), [chain()])
         assert result.restored_key == second.key
         assert "extra" in tags(restored, APP)
 
         # a token that may only read: saved all the same, one warning, nothing deleted
         push_into_root(restored, tmp_path / "push2", skopeo, [(images.only_a, APP)])
         read_only = make_store(emulator, "6-1", rest=rest, github_token=READ_TOKEN)
-        with caplog.at_level(logging.WARNING, logger="cache_action"):
-            third = read_only.save(Layout(restored), name("app"))
+        third = read_only.save(Storage.open(restored), name("app"))
         assert third.saved
         assert rest.requests_of("DELETE")[-1].status == 403
-        assert "actions: write" in caplog.text
+        # the advice travels with the result: the action annotates it
+        assert [w for w in third.warnings if "actions: write" in w], third.warnings
         assert rest.keys() == {main_key, base_key, second.key, third.key}
 
 
 def test_without_a_github_token_nothing_is_deleted(
     emulator: CacheEmulator, job_root: Path, images: Images, skopeo: str, tmp_path: Path
 ) -> None:
-    store = GhaStore.from_env(
-        {
-            "ACTIONS_RESULTS_URL": emulator.url,
-            "ACTIONS_RUNTIME_TOKEN": feature_token(),
-            "GITHUB_RUN_ID": "7",
-            "GITHUB_REF": BRANCH,
-            "GITHUB_REPOSITORY": "octo-org/octo-repo",
-        }
+    store = GhaStore.open(
+        GhaSpec(),
+        RunnerContext.from_env(
+            {
+                "ACTIONS_RESULTS_URL": emulator.url,
+                "ACTIONS_RUNTIME_TOKEN": feature_token(),
+                "GITHUB_RUN_ID": "7",
+                "GITHUB_REF": BRANCH,
+                "GITHUB_REPOSITORY": "octo-org/octo-repo",
+            }
+        ),
     )
     assert store.management is None and store.run_suffix == "7-1"
-    assert store.save(Layout(job_root), name()).key.endswith("/7-1")
+    assert store.save(Storage.open(job_root), name()).key.endswith("/7-1")
     with pytest.raises(StoreError, match="GITHUB_TOKEN"):
         store.list_entries(NS)
 
@@ -516,8 +524,8 @@ def test_without_a_github_token_nothing_is_deleted(
 def test_list_and_delete_entries(emulator: CacheEmulator, job_root: Path) -> None:
     with GitHubRestFake(tokens=REST_TOKENS, emulator=emulator) as rest:
         store = make_store(emulator, "1-1", rest=rest)
-        saved = store.save(Layout(job_root), name("app"))
-        make_store(emulator, "1-1", rest=rest).save(Layout(job_root), name("base"))
+        saved = store.save(Storage.open(job_root), name("app"))
+        make_store(emulator, "1-1", rest=rest).save(Storage.open(job_root), name("base"))
         listed = {entry.key: entry for entry in store.list_entries(NS)}
         assert set(listed) == {saved.key, f"{name('base').prefix}1-1"}
         assert listed[saved.key].name == name("app")
@@ -542,7 +550,7 @@ def test_official_client_restores_what_we_saved(
     source_root: Path,
     tmp_path: Path,
 ) -> None:
-    saved = make_store(emulator, "1-1").save(Layout(job_root), name())
+    saved = make_store(emulator, "1-1").save(Storage.open(job_root), name())
     workspace = fresh_dir(tmp_path / "workspace")
     result = official.run(
         emulator,
@@ -572,7 +580,7 @@ def test_we_restore_what_the_official_client_saved(
     assert saved["cacheId"] > 0, saved["log"]
 
     restored = tmp_path / "restored"
-    result = make_store(emulator, "42-1").restore(Layout(restored), [chain()])
+    result = make_store(emulator, "42-1").restore(Storage.open(restored), [chain()])
     assert (result.hit, result.restored_key) == (HitKind.EXACT, key)
     assert_same_root(restored, source_root)
 
@@ -637,7 +645,7 @@ def test_cli_save_and_restore_with_the_runner_environment(
         restore = cli(env, "restore", "--root", str(restored), *common, cwd=tmp_path)
         assert restore.code == 0, restore.stderr
         assert restore.json["hit"] == "exact"
-        assert restore.json["restored"] == [save.json["key"]]
+        assert [e["key"] for e in restore.json["restored"]] == [save.json["key"]]
         assert_same_root(restored, source_root)
 
         unchanged = cli(env, "save", "--root", str(restored), *common, cwd=tmp_path)
@@ -686,11 +694,11 @@ def test_a_save_warns_when_the_repository_cache_is_nearly_full(
     import cache_action.stores.gha.store as gha_store
 
     with GitHubRestFake(tokens=REST_TOKENS, emulator=emulator) as rest:
-        roomy = make_store(emulator, "1-1", rest=rest).save(Layout(job_root), name("app"))
+        roomy = make_store(emulator, "1-1", rest=rest).save(Storage.open(job_root), name("app"))
         assert roomy.saved and roomy.warnings == []  # KBs of a 10 GB allowance
         usage = sum(entry.size_in_bytes for entry in rest.caches())
         monkeypatch.setattr(gha_store, "REPOSITORY_LIMIT", int(usage * 1.1))
-        full = make_store(emulator, "2-1", rest=rest).save(Layout(job_root), name("other"))
+        full = make_store(emulator, "2-1", rest=rest).save(Storage.open(job_root), name("other"))
     assert full.saved
     (warning,) = full.warnings
     assert "GB" in warning and "max-size" in warning

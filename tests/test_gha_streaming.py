@@ -17,7 +17,7 @@ import zstandard
 from azure.core.exceptions import ResourceNotFoundError
 
 from cache_action.scopes import EntryName
-from cache_action.storage.layout import Layout
+from cache_action.storage.root import Storage
 from cache_action.stores.base import HitKind
 from cache_action.stores.gha.archive import create_archive
 from cache_action.stores.gha.errors import GhaCacheError, TransferError
@@ -271,14 +271,14 @@ def test_the_store_save_uploads_while_archiving_and_writes_no_archive(
     store = GhaStore(client, "1-1")
     name = EntryName("buildkit", "app", BRANCH)
     before = set(tmp_path.rglob("*"))
-    result = store.save(Layout(cache), name)
+    result = store.save(Storage.open(cache), name)
     assert result.saved, result
     assert any(blocks and size < result.bytes_uploaded for size, blocks in progress), progress
     committed = emulator.blob_client(emulator.finalized()[0]).get_block_list()[0]
     assert len(committed) == -(-result.bytes_uploaded // MiB)
     new_files = {p for p in set(tmp_path.rglob("*")) - before if "emulator" not in p.parts}
-    assert {p.name for p in new_files} <= {"saved.json", "restored.json"}, new_files
+    assert {p.name for p in new_files} <= {"saved.json", "restored.json", "lock"}, new_files
 
     restored = tmp_path / "restored" / ".buildkit-cache"
-    assert store.restore(Layout(restored), [[name]]).hit == HitKind.EXACT
+    assert store.restore(Storage.open(restored), [[name]]).hit == HitKind.EXACT
     assert (restored / blob).read_bytes() == layer

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cache_action.storage.layout import Layout
 from cache_action.storage.prune import PrunePolicy, PruneReport, Verify, prune
+from cache_action.storage.root import Storage
 from tests.buildkit_client import (
     OCI_INDEX,
     BuildKit,
@@ -97,7 +97,7 @@ def test_ttl_drops_exactly_the_tags_unused_for_longer_than_the_ttl(
         },
     )
 
-    report = prune(Layout(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
+    report = prune(Storage.open(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
     assert report.tags_removed == [
         {"tag": "cache:edge-out", "reason": "ttl"},
         {"tag": "cache:old", "reason": "ttl"},
@@ -108,7 +108,7 @@ def test_ttl_drops_exactly_the_tags_unused_for_longer_than_the_ttl(
     assert set(access_tags(root)) == set(kept)  # the record forgets dropped tags
 
     # A day later (the clock moved, nothing was used) edge-in has expired as well.
-    report = prune(Layout(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW + DAY))
+    report = prune(Storage.open(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW + DAY))
     assert removed(report) == {"cache:edge-in": "ttl"}
     expect_only(root, {"cache:fresh": set(pushed.closures["cache:fresh"])})
 
@@ -126,7 +126,7 @@ def test_ttl_without_an_access_record_goes_by_the_manifest_age(registry: Registr
         manifest = blob_path(root, "cache", sha256(pushed.manifests[label]))
         os.utime(manifest, (NOW - age, NOW - age))
 
-    report = prune(Layout(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
+    report = prune(Storage.open(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
     assert removed(report) == {"cache:old": "ttl"}
     expect_only(root, {"cache:new": set(pushed.closures["cache:new"])})
 
@@ -146,7 +146,7 @@ def test_the_access_record_forgets_what_prune_deleted(registry: RegistryProcess)
     kept = pushed.digests_of("cache:new")
     assert set(before["blobs"]) == pushed.digests_of("cache:old", "cache:new")
 
-    prune(Layout(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
+    prune(Storage.open(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
     after = json.loads((root / ".cache-action" / "access.json").read_bytes())
     assert after["tags"] == {"cache:new": NOW - HOUR}
     assert after["blobs"] == {k: v for k, v in before["blobs"].items() if k in kept}
@@ -180,7 +180,7 @@ def test_budget_drops_least_recently_used_tags_until_the_root_fits(
     before = disk_bytes(root)
     assert before == pushed.bytes_of(*labels)
 
-    report = prune(Layout(root), PrunePolicy(max_size_bytes=budget), clock=clock(NOW))
+    report = prune(Storage.open(root), PrunePolicy(max_size_bytes=budget), clock=clock(NOW))
     assert removed(report) == {"cache:t2": "budget", "cache:t0": "budget"}
     expect_only(root, {label: set(pushed.closures[label]) for label in kept})
     after = disk_bytes(root)
@@ -199,7 +199,7 @@ def test_budget_drops_least_recently_used_tags_until_the_root_fits(
     assert after == pushed.bytes_of(*kept)
 
     # Under budget now: a second prune removes nothing.
-    again = prune(Layout(root), PrunePolicy(max_size_bytes=budget), clock=clock(NOW))
+    again = prune(Storage.open(root), PrunePolicy(max_size_bytes=budget), clock=clock(NOW))
     assert (again.tags_removed, again.blobs_removed, again.bytes_freed) == ([], 0, 0)
 
 
@@ -226,7 +226,7 @@ def test_a_read_through_the_registry_makes_a_tag_recently_used(registry: Registr
     assert registry.stop() == 0
 
     budget = pushed.bytes_of("cache:a", "cache:c")
-    report = prune(Layout(root), PrunePolicy(max_size_bytes=budget))
+    report = prune(Storage.open(root), PrunePolicy(max_size_bytes=budget))
     assert removed(report) == {"cache:b": "budget"}  # the least recently used, now that a was read
     expect_only(root, {label: set(pushed.closures[label]) for label in ("cache:a", "cache:c")})
 
@@ -264,7 +264,7 @@ def test_tags_used_in_this_run_are_never_dropped(
         },
     )
     protected = dataclasses.replace(policy, protect_since=started)
-    report = prune(Layout(root), protected, clock=clock(NOW))
+    report = prune(Storage.open(root), protected, clock=clock(NOW))
     assert removed(report) == {"cache:a": reason, "cache:b": reason}
     expect_only(root, {label: set(pushed.closures[label]) for label in ("cache:c", "cache:d")})
     if policy.max_size_bytes is not None:
@@ -294,7 +294,7 @@ def test_in_run_protection_covers_tags_the_build_read_and_wrote(
     push.close()
     assert registry.stop() == 0
 
-    report = prune(Layout(root), PrunePolicy(max_size_bytes=1, protect_since=started))
+    report = prune(Storage.open(root), PrunePolicy(max_size_bytes=1, protect_since=started))
     assert removed(report) == {"cache:a": "budget", "cache:c": "budget", "cache:d": "budget"}
     pushed = push.pushed
     expect_only(root, {label: set(pushed.closures[label]) for label in ("cache:b", "cache:e")})
@@ -316,7 +316,7 @@ def test_keep_n_most_recently_used_tags_per_repository(registry: RegistryProcess
     times = {"x:x2": 1.0, "x:x0": 2.0, "x:x3": 3.0, "x:x1": 4.0, "y:y0": 0.5, "y:y1": 0.6}
     set_tag_times(root, {label: NOW - DAY + t * HOUR for label, t in times.items()})
 
-    report = prune(Layout(root), PrunePolicy(keep=2), clock=clock(NOW))
+    report = prune(Storage.open(root), PrunePolicy(keep=2), clock=clock(NOW))
     assert removed(report) == {"x:x2": "keep", "x:x0": "keep"}
     kept = ("x:x1", "x:x3", "y:y0", "y:y1")
     assert closures(root) == {label: set(pushed.closures[label]) for label in kept}
@@ -324,7 +324,7 @@ def test_keep_n_most_recently_used_tags_per_repository(registry: RegistryProcess
 
     # keep 1, but x3 was used in this run: it stays with x1.
     report = prune(
-        Layout(root),
+        Storage.open(root),
         PrunePolicy(keep=1, protect_since=NOW - DAY + 3.0 * HOUR),
         clock=clock(NOW),
     )
@@ -419,7 +419,7 @@ def test_integrity_repair_drops_exactly_the_broken_tags(
     with pytest.raises(Incomplete):
         closures(root.root)
 
-    report = prune(Layout(root.root), PrunePolicy(verify=verify))
+    report = prune(Storage.open(root.root), PrunePolicy(verify=verify))
     assert removed(report) == dict.fromkeys(broken, "broken")
     kept = sorted(set(root.pushed.closures) - broken)
     expected = {label: set(root.pushed.closures[label]) for label in kept}
@@ -439,9 +439,9 @@ def test_integrity_repair_drops_exactly_the_broken_tags(
 def test_a_corrupted_blob_of_the_right_size_needs_verify_full(registry: RegistryProcess) -> None:
     root = Damaged(registry)
     root.corrupt(root.la.digest)
-    report = prune(Layout(root.root), PrunePolicy(verify=Verify.SIZE))
+    report = prune(Storage.open(root.root), PrunePolicy(verify=Verify.SIZE))
     assert report.tags_removed == []  # size and presence only: the cheap default
-    report = prune(Layout(root.root), PrunePolicy(verify=Verify.FULL))
+    report = prune(Storage.open(root.root), PrunePolicy(verify=Verify.FULL))
     assert removed(report) == {"cache:a": "broken"}
     assert root.la.digest not in blob_files(root.root)[""]
 
@@ -449,7 +449,7 @@ def test_a_corrupted_blob_of_the_right_size_needs_verify_full(registry: Registry
 def test_a_broken_tag_goes_even_when_used_in_this_run(registry: RegistryProcess) -> None:
     root = Damaged(registry)
     root.delete(root.lc.digest)
-    report = prune(Layout(root.root), PrunePolicy(protect_since=0.0))
+    report = prune(Storage.open(root.root), PrunePolicy(protect_since=0.0))
     assert removed(report) == {"cache:c": "broken"}
 
 
@@ -474,7 +474,7 @@ def test_referrers_and_shared_blobs_of_kept_tags_survive(registry: RegistryProce
         root, {"cache:keep": NOW - HOUR, "cache:gone": NOW - 9 * DAY, "other:x": NOW - HOUR}
     )
 
-    report = prune(Layout(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
+    report = prune(Storage.open(root), PrunePolicy(ttl_seconds=7 * DAY), clock=clock(NOW))
     assert removed(report) == {"cache:gone": "ttl"}
     keep_closure = {sha256(x) for x in (keep, cfg, shared, own)}
     sig_closure = {sha256(x) for x in (sig, sig_cfg, sig_layer)}
@@ -503,7 +503,7 @@ def test_budget_counts_the_referrers_a_kept_tag_holds(registry: RegistryProcess)
     budget = pushed.bytes_of("cache:old", "cache:new") + 1_000  # fits only without the sbom
     assert disk_bytes(root) > budget
 
-    report = prune(Layout(root), PrunePolicy(max_size_bytes=budget), clock=clock(NOW))
+    report = prune(Storage.open(root), PrunePolicy(max_size_bytes=budget), clock=clock(NOW))
     assert removed(report) == {"cache:old": "budget"}
     assert disk_bytes(root) == report.bytes_after <= budget
     assert closures(root) == {"cache:new": set(pushed.closures["cache:new"])}
@@ -562,13 +562,13 @@ def test_report_numbers_are_exact_and_a_dry_run_reports_the_same(
     before_blobs = set().union(*blob_files(root).values())
 
     dry = prune(
-        Layout(dry_root),
+        Storage.open(dry_root),
         dataclasses.replace(policy, dry_run=True),
         clock=clock(NOW),
     )
     assert snapshot(dry_root) == before_files  # not a byte changed, access record included
 
-    real = prune(Layout(root), policy, clock=clock(NOW))
+    real = prune(Storage.open(root), policy, clock=clock(NOW))
     assert removed(real) == {
         "cache:expired": "ttl",
         "cache:lru": "budget",
@@ -601,7 +601,7 @@ def test_dry_run_with_only_garbage_to_collect(registry: RegistryProcess, tmp_pat
     root = registry.root
     (root / "cache" / "blobs" / "sha256" / f".{'ef' * 32}.9.tmp").write_bytes(b"x" * 777)
     dry_root = copy_root(root, tmp_path / "dry")
-    dry = prune(Layout(dry_root), PrunePolicy(dry_run=True))
-    real = prune(Layout(root), PrunePolicy())
+    dry = prune(Storage.open(dry_root), PrunePolicy(dry_run=True))
+    real = prune(Storage.open(root), PrunePolicy())
     assert (real.blobs_removed, real.bytes_freed) == (1, 5_555)
     assert {**dry.to_json(), "dry_run": False} == real.to_json()

@@ -14,11 +14,16 @@ from pathlib import Path
 import requests
 
 from cache_action.storage.digests import Digest
+from tests.conftest import RegistryProcess
+from tests.prune_helpers import Pusher, access_tags, index_tags, layer, run_cli, set_tag_times
 
 TIMEOUT = 30
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def _start(
+    tmp_path: Path, settings: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    tmp_path.mkdir(exist_ok=True)
     ready = tmp_path / "ready.json"
     store = tmp_path / "store"
     env = {
@@ -30,6 +35,9 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
         "CACHE_SAVE_INTERVAL": "1s",
         "CACHE_MAX_SIZE": "1B",  # over budget at once: only the last hour's use protects tags
     }
+    if settings is not None:
+        env.update(settings)
+        env.pop("CACHE_MAX_SIZE")
     log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - the child owns it
     process = subprocess.Popen(
         [sys.executable, "-m", "cache_action", "serve"], env=env, stdout=log, stderr=log
@@ -100,3 +108,57 @@ def test_maintenance_while_serving_keeps_uploads_and_saves(tmp_path: Path) -> No
         assert process.wait(60) == 0, (tmp_path / "service.log").read_text()
     log = (tmp_path / "service.log").read_text()
     assert log.count("pruned:") >= 3  # periodic rounds and the one at shutdown
+
+
+def test_what_prune_forgets_while_serving_stays_forgotten(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """One live access record for the server and maintenance: the server's next flush (or its
+    last one, at stop) must not write back the tags prune dropped while it served."""
+    pusher = Pusher(registry.url)
+    pusher.cache("cache", "old", [layer(2000, "o")])
+    pusher.cache("cache", "new", [layer(3000, "n")])
+    pusher.close()
+    assert registry.stop() == 0
+    set_tag_times(registry.root, {"cache:old": time.time() - 30 * 86400})
+    store = tmp_path / "store"
+    saved = run_cli(
+        "save",
+        "--root",
+        str(registry.root),
+        "--store",
+        f"local://{store}",
+        "--namespace",
+        "service",
+        "--scope",
+        "default",
+        "--ref",
+        "main",
+    )
+    assert saved.returncode == 0, saved.stderr
+
+    root = tmp_path / "service-root"
+    env = {
+        "CACHE_ROOT": str(root),
+        "BUILDKIT_CACHE_REPO": f"local://{store}",
+        "CACHE_TTL": "7d",
+        "CACHE_SAVE_INTERVAL": "1s",
+    }
+    process, url, _ = _start(tmp_path / "service", env)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while (
+            "cache:old" in json.loads((root / ".cache-action" / "access.json").read_bytes())["tags"]
+        ):
+            assert time.monotonic() < deadline, "the periodic prune never dropped cache:old"
+            time.sleep(0.2)
+        # A request dirties the server's record after the prune; it must flush without "old".
+        assert requests.get(f"{url}/v2/cache/manifests/new", timeout=TIMEOUT).status_code == 200
+        time.sleep(6)  # past the server's 5 s flush
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    remembered = access_tags(root)
+    assert "cache:old" not in remembered, remembered
+    assert "cache:new" in remembered
+    assert "old" not in index_tags(root).get("cache", {})

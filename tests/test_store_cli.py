@@ -157,7 +157,7 @@ def test_save_then_restore_round_trips_a_root(target: Target, roots: Roots, tmp_
     )
     assert restored.code == 0, restored.stderr
     assert restored.json["hit"] == "exact"
-    assert restored.json["restored"] == [document["key"]]
+    assert [e["key"] for e in restored.json["restored"]] == [document["key"]]
     assert restored.json["tags_dropped"] == []
     assert tree(restored_root) == tree(root)
 
@@ -203,7 +203,9 @@ def test_restore_merges_scopes_and_falls_back_to_other_refs(
     )
     assert run.code == 0, run.stderr
     assert run.json["hit"] == "partial"
-    assert sorted(run.json["restored"]) == sorted([first.json["key"], second.json["key"]])
+    assert sorted(e["key"] for e in run.json["restored"]) == sorted(
+        [first.json["key"], second.json["key"]]
+    )
     assert tags(merged, APP) == {"v1": roots.v1.manifest_digest, "v2": roots.v2.manifest_digest}
     assert corrupt_blob_files(merged) == []
 

@@ -21,13 +21,11 @@ import pytest
 
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
-from cache_action.storage.layout import Layout
 from cache_action.storage.root import Storage
+from cache_action.storage.snapshot import take_snapshot
 from cache_action.stores.base import HitKind, StoreError
 from cache_action.stores.content import ContentAddressedStore
-from cache_action.stores.factory import open_store
 from cache_action.stores.s3 import PART_BYTES
-from cache_action.stores.snapshot import take_snapshot
 from tests.conftest import require_tool
 from tests.roots import (
     BuiltImage,
@@ -42,6 +40,7 @@ from tests.roots import (
     tree,
 )
 from tests.seaweed import S3Server, seaweed_fixture  # noqa: F401 - the `seaweed` fixture
+from tests.stores_helpers import open_url
 
 NS = "buildkit"
 MAIN = "refs/heads/main"
@@ -101,7 +100,7 @@ class Backend:
 
     def open(self) -> ContentAddressedStore:
         """A new store object, as a new job would open it; transfers are recorded."""
-        store = open_store(self.url, self.env)
+        store = open_url(self.url, self.env)
         assert isinstance(store, ContentAddressedStore)
         recorder = Recorder(store.backend)
         store.backend = recorder
@@ -217,7 +216,7 @@ def add_blob(root: Path, repository: str, data: bytes) -> str:
 
 
 def root_blob_sizes(root: Path) -> dict[str, int]:
-    return take_snapshot(Layout(root)).blobs
+    return take_snapshot(Storage.open(root)).blobs
 
 
 def assert_sound(root: Path) -> None:
@@ -232,7 +231,7 @@ def test_round_trip_of_a_real_root_is_byte_identical(
     backend: Backend, job_root: Path, tmp_path: Path
 ) -> None:
     blobs = root_blob_sizes(job_root)
-    saved = backend.open().save(Layout(job_root), entry())
+    saved = backend.open().save(Storage.open(job_root), entry())
     assert saved.saved
     assert saved.skipped_reason is None
     assert saved.blobs_uploaded == len(blobs)
@@ -242,7 +241,7 @@ def test_round_trip_of_a_real_root_is_byte_identical(
     assert backend.entry_keys() == {saved.key}
 
     target = tmp_path / "restored"
-    result = backend.open().restore(Layout(target), [[entry()]])
+    result = backend.open().restore(Storage.open(target), [[entry()]])
     assert result.hit == HitKind.EXACT
     assert result.restored_key == saved.key
     assert result.tags_dropped == []
@@ -257,10 +256,10 @@ def test_round_trip_of_a_real_root_is_byte_identical(
 
 
 def test_second_save_without_change_is_skipped(backend: Backend, job_root: Path) -> None:
-    first = backend.open().save(Layout(job_root), entry())
+    first = backend.open().save(Storage.open(job_root), entry())
     assert first.saved
     second_store = backend.open()
-    second = second_store.save(Layout(job_root), entry())
+    second = second_store.save(Storage.open(job_root), entry())
     assert not second.saved
     assert second.skipped_reason is not None
     assert backend.recorders[1].puts == []
@@ -270,11 +269,11 @@ def test_second_save_without_change_is_skipped(backend: Backend, job_root: Path)
 def test_save_right_after_restore_without_change_is_skipped(
     backend: Backend, job_root: Path, tmp_path: Path
 ) -> None:
-    first = backend.open().save(Layout(job_root), entry())
+    first = backend.open().save(Storage.open(job_root), entry())
     target = tmp_path / "next-job"
     store = backend.open()
-    assert store.restore(Layout(target), [[entry()]]).hit == HitKind.EXACT
-    result = store.save(Layout(target), entry())
+    assert store.restore(Storage.open(target), [[entry()]]).hit == HitKind.EXACT
+    result = store.save(Storage.open(target), entry())
     assert not result.saved
     assert result.skipped_reason == "nothing changed since the restore"
     assert backend.entry_keys() == {first.key}
@@ -285,8 +284,8 @@ def test_save_after_restore_that_found_nothing_is_not_skipped(
 ) -> None:
     """A root that was already there (a self-hosted runner) but that the store lacks."""
     store = backend.open()
-    assert store.restore(Layout(job_root), [[entry()]]).hit == HitKind.NONE
-    result = store.save(Layout(job_root), entry())
+    assert store.restore(Storage.open(job_root), [[entry()]]).hit == HitKind.NONE
+    result = store.save(Storage.open(job_root), entry())
     assert result.saved, result.skipped_reason
     assert backend.blob_keys() == set(root_blob_sizes(job_root))
 
@@ -294,8 +293,8 @@ def test_save_after_restore_that_found_nothing_is_not_skipped(
 def test_unchanged_root_saved_to_another_scope_is_not_skipped(
     backend: Backend, job_root: Path
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry("amd64")).saved
-    result = backend.open().save(Layout(job_root), entry("arm64"))
+    assert backend.open().save(Storage.open(job_root), entry("amd64")).saved
+    result = backend.open().save(Storage.open(job_root), entry("arm64"))
     assert result.saved, result.skipped_reason
     assert result.blobs_uploaded == 0  # the blobs are shared by every scope
     assert len(backend.entry_keys()) == 2
@@ -304,12 +303,12 @@ def test_unchanged_root_saved_to_another_scope_is_not_skipped(
 def test_save_after_one_new_layer_uploads_exactly_that_blob(
     backend: Backend, job_root: Path, tmp_path: Path
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     before = backend.blob_keys()
     layer = os.urandom(256 * 1024)
     digest = push_blob_into_root(job_root, tmp_path / "push", APP, layer)
 
-    result = backend.open().save(Layout(job_root), entry())
+    result = backend.open().save(Storage.open(job_root), entry())
     assert result.saved
     assert (result.blobs_uploaded, result.bytes_uploaded) == (1, len(layer))
     assert backend.recorders[1].puts == [(digest, len(layer))]
@@ -320,14 +319,14 @@ def test_save_after_one_new_layer_uploads_exactly_that_blob(
 def test_save_after_a_new_image_revision_uploads_only_its_new_blobs(
     backend: Backend, job_root: Path, golden: Golden, tmp_path: Path, skopeo: str
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     before = backend.blob_keys()
     layouts = tmp_path / "layouts"
     new_layer = add_layer(layouts, 180_000, "l5")
     v3 = add_image(layouts, [*golden.v2.layers[:2], new_layer], "v3")
     push_into_root(job_root, tmp_path / "push", skopeo, [(v3, APP)])
 
-    result = backend.open().save(Layout(job_root), entry())
+    result = backend.open().save(Storage.open(job_root), entry())
     new = {v3.manifest_digest, v3.config_digest, new_layer.digest}
     sizes = root_blob_sizes(job_root)
     assert {d for d, _ in backend.recorders[1].puts} == new
@@ -339,13 +338,13 @@ def test_save_after_a_new_image_revision_uploads_only_its_new_blobs(
 def test_restore_into_a_root_with_some_blobs_downloads_only_the_rest(
     backend: Backend, job_root: Path, golden: Golden, tmp_path: Path, skopeo: str
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     target = tmp_path / "warm"
     push_into_root(target, tmp_path / "push", skopeo, [(golden.v1, APP)])
     present = blob_digests(target)
     assert golden.v1.blobs <= present
 
-    result = backend.open().restore(Layout(target), [[entry()]])
+    result = backend.open().restore(Storage.open(target), [[entry()]])
     expected = set(root_blob_sizes(job_root)) - present
     assert expected  # v2's own layer, config and manifest, and all of cache/tools
     assert set(backend.recorders[1].gets) == expected
@@ -361,10 +360,10 @@ def test_restore_into_a_root_with_some_blobs_downloads_only_the_rest(
 def test_restore_twice_downloads_nothing_the_second_time(
     backend: Backend, job_root: Path, tmp_path: Path
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     target = tmp_path / "restored"
-    assert backend.open().restore(Layout(target), [[entry()]]).blobs_downloaded > 0
-    again = backend.open().restore(Layout(target), [[entry()]])
+    assert backend.open().restore(Storage.open(target), [[entry()]]).blobs_downloaded > 0
+    again = backend.open().restore(Storage.open(target), [[entry()]])
     assert again.hit == HitKind.EXACT
     assert (again.blobs_downloaded, again.bytes_downloaded) == (0, 0)
     assert backend.recorders[2].gets == []
@@ -382,7 +381,7 @@ def test_corrupt_blob_drops_only_the_tags_that_need_it(
     damage: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     victim = golden.v2.layers[2].digest  # only app:v2 uses it
     data = backend.read_blob(victim)
     flipped = bytes([data[0] ^ 0xFF]) + data[1:]  # same size: only the digest check sees it
@@ -391,7 +390,7 @@ def test_corrupt_blob_drops_only_the_tags_that_need_it(
 
     target = tmp_path / "restored"
     with caplog.at_level(logging.WARNING):
-        result = backend.open().restore(Layout(target), [[entry()]])
+        result = backend.open().restore(Storage.open(target), [[entry()]])
     assert result.tags_dropped == [f"{APP}:v2"]
     assert tags(target, APP) == {"v1": golden.v1.manifest_digest}
     assert tags(target, TOOLS) == {"latest": golden.tools.manifest_digest}
@@ -403,13 +402,13 @@ def test_corrupt_blob_drops_only_the_tags_that_need_it(
 def test_corrupt_shared_layer_drops_every_tag_using_it(
     backend: Backend, job_root: Path, golden: Golden, tmp_path: Path
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     shared = golden.v1.layers[0].digest
     assert shared == golden.v2.layers[0].digest
     backend.overwrite_blob(shared, os.urandom(len(backend.read_blob(shared))))
 
     target = tmp_path / "restored"
-    result = backend.open().restore(Layout(target), [[entry()]])
+    result = backend.open().restore(Storage.open(target), [[entry()]])
     assert sorted(result.tags_dropped) == [f"{APP}:v1", f"{APP}:v2"]
     assert tags(target, APP) == {}
     assert tags(target, TOOLS) == {"latest": golden.tools.manifest_digest}
@@ -425,7 +424,7 @@ def stored_blobs(store: ContentAddressedStore) -> list[str]:
 def test_a_corrupt_blob_is_repaired_by_the_next_save(
     backend: Backend, job_root: Path, golden: Golden, tmp_path: Path
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     victim = golden.v2.layers[2].digest
     garbage = os.urandom(len(backend.read_blob(victim)))
     if backend.root is None:
@@ -434,13 +433,13 @@ def test_a_corrupt_blob_is_repaired_by_the_next_save(
         stored = backend.root / "blobs" / victim.replace(":", "/")
         stored.unlink()
         stored.write_bytes(garbage)
-    backend.open().restore(Layout(tmp_path / "first"), [[entry()]])
+    backend.open().restore(Storage.open(tmp_path / "first"), [[entry()]])
     assert victim not in stored_blobs(backend.open())  # the bad copy is gone
 
     add_blob(job_root, APP, b"a change, so the save is not skipped")
-    resaved = backend.open().save(Layout(job_root), entry())
+    resaved = backend.open().save(Storage.open(job_root), entry())
     assert resaved.saved and resaved.blobs_uploaded == 2  # the new blob and the repaired one
-    result = backend.open().restore(Layout(tmp_path / "second"), [[entry()]])
+    result = backend.open().restore(Storage.open(tmp_path / "second"), [[entry()]])
     assert result.tags_dropped == []
     assert tags(tmp_path / "second", APP)["v2"] == golden.v2.manifest_digest
 
@@ -449,7 +448,7 @@ def test_store_garbage_collection_spares_young_and_referenced_blobs(
     backend: Backend, job_root: Path, golden: Golden
 ) -> None:
     store = backend.open()
-    assert store.save(Layout(job_root), entry()).saved
+    assert store.save(Storage.open(job_root), entry()).saved
     saved = set(stored_blobs(store))
     orphan = Digest.of(b"uploaded by a save that has not written its entry yet")
     with tempfile.NamedTemporaryFile() as source:
@@ -466,9 +465,9 @@ def test_corrupt_entry_manifest_falls_back_to_the_previous_entry(
     backend: Backend, job_root: Path, tmp_path: Path
 ) -> None:
     store = backend.open()
-    first = store.save(Layout(job_root), entry())
+    first = store.save(Storage.open(job_root), entry())
     add_blob(job_root, APP, b"second save")
-    second = backend.open().save(Layout(job_root), entry())
+    second = backend.open().save(Storage.open(job_root), entry())
     assert second.saved
     if backend.s3 is not None:
         key = f"{backend.prefix}/{second.key}"
@@ -476,7 +475,7 @@ def test_corrupt_entry_manifest_falls_back_to_the_previous_entry(
     else:
         assert backend.root is not None
         (backend.root / second.key).write_bytes(b"{not json")
-    result = backend.open().restore(Layout(tmp_path / "restored"), [[entry()]])
+    result = backend.open().restore(Storage.open(tmp_path / "restored"), [[entry()]])
     assert result.restored_key == first.key
     assert result.hit == HitKind.EXACT
 
@@ -503,14 +502,14 @@ def test_matrix_restore_unions_blobs_and_the_newest_entry_wins_a_tag(
 ) -> None:
     root_a, a = image_root(tmp_path, skopeo, "a", [("latest", 40_000), ("only-a", 30_000)])
     root_b, b = image_root(tmp_path, skopeo, "b", [("latest", 50_000), ("only-b", 20_000)])
-    assert backend.open().save(Layout(root_a), entry("amd64")).saved
+    assert backend.open().save(Storage.open(root_a), entry("amd64")).saved
     time.sleep(0.01)
-    assert backend.open().save(Layout(root_b), entry("arm64")).saved
+    assert backend.open().save(Storage.open(root_b), entry("arm64")).saved
     union = set(root_blob_sizes(root_a)) | set(root_blob_sizes(root_b))
 
     for order in (["amd64", "arm64"], ["arm64", "amd64"]):
         target = tmp_path / f"merged-{order[0]}"
-        result = backend.open().restore(Layout(target), [[entry(s)] for s in order])
+        result = backend.open().restore(Storage.open(target), [[entry(s)] for s in order])
         assert result.hit == HitKind.EXACT
         assert result.tags_dropped == []
         assert tags(target, APP) == {
@@ -524,18 +523,18 @@ def test_matrix_restore_unions_blobs_and_the_newest_entry_wins_a_tag(
 
     time.sleep(0.01)
     add_blob(root_a, APP, b"amd64 rebuilt")
-    assert backend.open().save(Layout(root_a), entry("amd64")).saved
+    assert backend.open().save(Storage.open(root_a), entry("amd64")).saved
     target = tmp_path / "merged-again"
-    backend.open().restore(Layout(target), [[entry("arm64")], [entry("amd64")]])
+    backend.open().restore(Storage.open(target), [[entry("arm64")], [entry("amd64")]])
     assert tags(target, APP)["latest"] == a["latest"].manifest_digest
 
 
 def test_matrix_restore_with_a_missing_scope_is_partial(
     backend: Backend, job_root: Path, tmp_path: Path
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry("amd64")).saved
+    assert backend.open().save(Storage.open(job_root), entry("amd64")).saved
     result = backend.open().restore(
-        Layout(tmp_path / "r"), [[entry("amd64")], [entry("never-saved")]]
+        Storage.open(tmp_path / "r"), [[entry("amd64")], [entry("never-saved")]]
     )
     assert result.hit == HitKind.PARTIAL
     assert len(result.restored) == 1
@@ -546,21 +545,21 @@ def test_branch_fallback_exact_partial_and_none(
 ) -> None:
     feat, main = entry(ref="refs/heads/feat"), entry(ref=MAIN)
     store = backend.open()
-    assert store.restore(Layout(tmp_path / "cold"), [[feat, main]]).hit == HitKind.NONE
-    on_main = store.save(Layout(job_root), main)
+    assert store.restore(Storage.open(tmp_path / "cold"), [[feat, main]]).hit == HitKind.NONE
+    on_main = store.save(Storage.open(job_root), main)
 
     first = tmp_path / "first-run"
-    result = backend.open().restore(Layout(first), [[feat, main]])
+    result = backend.open().restore(Storage.open(first), [[feat, main]])
     assert result.hit == HitKind.PARTIAL
     assert result.restored_key == on_main.key
     assert tags(first, APP) == tags(job_root, APP)
 
     add_blob(first, APP, b"built on feat")
-    on_feat = backend.open().save(Layout(first), feat)
+    on_feat = backend.open().save(Storage.open(first), feat)
     assert on_feat.saved
     assert on_feat.key.split("/")[3] == "refs%2Fheads%2Ffeat"
 
-    result = backend.open().restore(Layout(tmp_path / "second-run"), [[feat, main]])
+    result = backend.open().restore(Storage.open(tmp_path / "second-run"), [[feat, main]])
     assert result.hit == HitKind.EXACT
     assert result.restored_key == on_feat.key
 
@@ -577,9 +576,9 @@ def test_branch_fallback_exact_partial_and_none(
 def test_a_ref_never_restores_another_ref_sharing_its_prefix(
     backend: Backend, job_root: Path, tmp_path: Path, saved_ref: str, wanted_ref: str
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry(ref=saved_ref)).saved
+    assert backend.open().save(Storage.open(job_root), entry(ref=saved_ref)).saved
     target = tmp_path / "r"
-    result = backend.open().restore(Layout(target), [[entry(ref=wanted_ref)]])
+    result = backend.open().restore(Storage.open(target), [[entry(ref=wanted_ref)]])
     assert result.hit == HitKind.NONE
     assert blob_digests(target) == set()
 
@@ -618,10 +617,10 @@ def test_concurrent_saves_lose_nothing(backend: Backend, golden: Golden, tmp_pat
         add_blob(root, APP, f"job {index} ".encode() * 5000)
         add_blob(root, TOOLS, os.urandom(64 * 1024))
         roots.append(root)
-    snapshots = [take_snapshot(Layout(root)) for root in roots]
+    snapshots = [take_snapshot(Storage.open(root)) for root in roots]
     stores = [backend.open() for _ in plan]
     jobs = [
-        (lambda s=s, r=r, n=n: s.save(Layout(r), entry(n[0])))
+        (lambda s=s, r=r, n=n: s.save(Storage.open(r), entry(n[0])))
         for s, r, n in zip(stores, roots, plan, strict=True)
     ]
     results = run_together(jobs)
@@ -632,7 +631,7 @@ def test_concurrent_saves_lose_nothing(backend: Backend, golden: Golden, tmp_pat
         assert set(snapshot.blobs) <= stored
     for (scope, index), result in zip(plan[:3], results[:3], strict=True):
         target = tmp_path / f"restored-{scope}"
-        restored = backend.open().restore(Layout(target), [[entry(scope)]])
+        restored = backend.open().restore(Storage.open(target), [[entry(scope)]])
         assert restored.restored_key == result.key
         assert blob_digests(target) == blob_digests(roots[index])
         assert restored.tags_dropped == []
@@ -640,7 +639,7 @@ def test_concurrent_saves_lose_nothing(backend: Backend, golden: Golden, tmp_pat
     shared_keys = [r.key for r in results[3:]]
     newest = max(shared_keys)
     target = tmp_path / "restored-shared"
-    restored = backend.open().restore(Layout(target), [[entry("shared")]])
+    restored = backend.open().restore(Storage.open(target), [[entry("shared")]])
     assert restored.restored_key == newest
     winner = roots[3 + shared_keys.index(newest)]
     assert blob_digests(target) == blob_digests(winner)
@@ -651,7 +650,7 @@ def test_concurrent_saves_lose_nothing(backend: Backend, golden: Golden, tmp_pat
 def test_a_concurrent_reader_never_sees_half_an_entry(
     backend: Backend, job_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert backend.open().save(Layout(job_root), entry()).saved
+    assert backend.open().save(Storage.open(job_root), entry()).saved
     expected_tags = tags(job_root, APP)
     stop = threading.Event()
     saves: list[str] = []
@@ -660,14 +659,14 @@ def test_a_concurrent_reader_never_sees_half_an_entry(
         store = backend.open()
         for i in range(6):
             add_blob(job_root, APP, os.urandom(100_000) + str(i).encode())
-            saves.append(store.save(Layout(job_root), entry()).key)
+            saves.append(store.save(Storage.open(job_root), entry()).key)
         stop.set()
 
     def reader() -> int:
         rounds = 0
         while not stop.is_set() or rounds == 0:
             target = tmp_path / f"reader-{rounds}"
-            result = backend.open().restore(Layout(target), [[entry()]])
+            result = backend.open().restore(Storage.open(target), [[entry()]])
             assert result.hit == HitKind.EXACT
             assert result.tags_dropped == []
             assert tags(target, APP) == expected_tags
@@ -689,20 +688,20 @@ def test_a_concurrent_reader_never_sees_half_an_entry(
 def test_interrupted_save_publishes_no_entry(
     backend: Backend, job_root: Path, golden: Golden, tmp_path: Path
 ) -> None:
-    first = backend.open().save(Layout(job_root), entry())
+    first = backend.open().save(Storage.open(job_root), entry())
     new = {add_blob(job_root, APP, os.urandom(50_000)) for _ in range(4)}
 
     store = backend.open()
     backend.recorders[-1].fail_puts_after = 2
     with pytest.raises(StoreError, match="injected upload failure"):
-        store.save(Layout(job_root), entry())
+        store.save(Storage.open(job_root), entry())
     assert backend.entry_keys() == {first.key}
-    result = backend.open().restore(Layout(tmp_path / "after-failure"), [[entry()]])
+    result = backend.open().restore(Storage.open(tmp_path / "after-failure"), [[entry()]])
     assert result.restored_key == first.key
     assert blob_digests(tmp_path / "after-failure") == blob_digests(golden.root)
 
     already = {d for d, _ in backend.recorders[-2].puts}
-    retry = backend.open().save(Layout(job_root), entry())
+    retry = backend.open().save(Storage.open(job_root), entry())
     assert retry.saved
     assert {d for d, _ in backend.recorders[-1].puts} == new - already
     assert backend.entry_keys() == {first.key, retry.key}
@@ -713,19 +712,19 @@ def test_interrupted_save_publishes_no_entry(
 
 def test_only_the_newest_entries_per_ref_are_kept(backend: Backend, job_root: Path) -> None:
     others = [
-        backend.open().save(Layout(job_root), entry(ref="refs/heads/main-old")),
-        backend.open().save(Layout(job_root), entry(ref="refs/heads/main/x")),
-        backend.open().save(Layout(job_root), entry(scope="tools")),
+        backend.open().save(Storage.open(job_root), entry(ref="refs/heads/main-old")),
+        backend.open().save(Storage.open(job_root), entry(ref="refs/heads/main/x")),
+        backend.open().save(Storage.open(job_root), entry(scope="tools")),
     ]
     keys = []
     for i in range(4):
         add_blob(job_root, APP, f"revision {i}".encode())
-        keys.append(backend.open().save(Layout(job_root), entry()).key)
+        keys.append(backend.open().save(Storage.open(job_root), entry()).key)
         time.sleep(0.002)
     assert backend.entry_keys() == {*keys[-2:], *(o.key for o in others)}
     store = backend.open()
     assert [e.key for e in store.entries_of(entry())] == [keys[3], keys[2]]
-    assert store.restore(Layout(job_root.parent / "r"), [[entry()]]).restored_key == keys[3]
+    assert store.restore(Storage.open(job_root.parent / "r"), [[entry()]]).restored_key == keys[3]
 
 
 def test_list_entries_and_delete(backend: Backend, job_root: Path, tmp_path: Path) -> None:
@@ -739,7 +738,7 @@ def test_list_entries_and_delete(backend: Backend, job_root: Path, tmp_path: Pat
     saved = {}
     for name in names:
         add_blob(job_root, APP, name.prefix.encode())
-        saved[name] = backend.open().save(Layout(job_root), name).key
+        saved[name] = backend.open().save(Storage.open(job_root), name).key
     finished = time.time()
 
     store = backend.open()
@@ -758,7 +757,7 @@ def test_list_entries_and_delete(backend: Backend, job_root: Path, tmp_path: Pat
         saved[names[0]],
         saved[names[2]],
     }
-    result = backend.open().restore(Layout(tmp_path / "r"), [[names[1], names[0]]])
+    result = backend.open().restore(Storage.open(tmp_path / "r"), [[names[1], names[0]]])
     assert result.hit == HitKind.PARTIAL
     assert result.restored_key == saved[names[0]]
 
@@ -771,11 +770,12 @@ def test_local_store_works_through_a_symlinked_directory(job_root: Path, tmp_pat
     real.mkdir()
     link = tmp_path / "store-link"
     link.symlink_to(real)
-    store = open_store(f"local://{link}", {})
-    saved = store.save(Layout(job_root), entry())
+    store = open_url(f"local://{link}", {})
+    assert isinstance(store, ContentAddressedStore)
+    saved = store.save(Storage.open(job_root), entry())
     assert saved.saved
     assert [e.key for e in store.list_entries(NS)] == [saved.key]
-    result = store.restore(Layout(tmp_path / "r"), [[entry()]])
+    result = store.restore(Storage.open(tmp_path / "r"), [[entry()]])
     assert result.restored_key == saved.key
     assert blob_digests(tmp_path / "r") == blob_digests(job_root)
 
@@ -784,10 +784,10 @@ def test_local_store_keeps_each_blob_once_for_every_scope_and_ref(
     job_root: Path, tmp_path: Path
 ) -> None:
     directory = tmp_path / "store"
-    store = open_store(f"local://{directory}", {})
+    store = open_url(f"local://{directory}", {})
     for scope, ref in [("a", MAIN), ("b", MAIN), ("a", "refs/heads/dev")]:
         add_blob(job_root, APP, f"{scope} {ref}".encode())
-        assert store.save(Layout(job_root), entry(scope, ref)).saved
+        assert store.save(Storage.open(job_root), entry(scope, ref)).saved
     files = [p for p in (directory / "blobs").rglob("*") if p.is_file()]
     assert sorted(f"{p.parent.name}:{p.name}" for p in files) == sorted(blob_digests(job_root))
 
@@ -798,8 +798,8 @@ def test_s3_large_blob_is_uploaded_multipart_and_restored(
     prefix = seaweed.new_prefix("multipart")
     data = os.urandom(PART_BYTES + 3 * 1024 * 1024)
     digest = add_blob(job_root, APP, data)
-    store = open_store(seaweed.url(prefix), seaweed.env())
-    assert store.save(Layout(job_root), entry()).saved
+    store = open_url(seaweed.url(prefix), seaweed.env())
+    assert store.save(Storage.open(job_root), entry()).saved
     algorithm, hex_digest = digest.split(":")
     head = seaweed.client().head_object(
         Bucket=seaweed.bucket, Key=f"{prefix}/blobs/{algorithm}/{hex_digest}"
@@ -808,7 +808,7 @@ def test_s3_large_blob_is_uploaded_multipart_and_restored(
     assert "-" in head["ETag"]  # a multipart upload's ETag: md5-of-parts "-" part count
 
     target = tmp_path / "r"
-    result = open_store(seaweed.url(prefix), seaweed.env()).restore(Layout(target), [[entry()]])
+    result = open_url(seaweed.url(prefix), seaweed.env()).restore(Storage.open(target), [[entry()]])
     assert result.tags_dropped == []
     path = target / "blobs" / algorithm / hex_digest
     assert hashlib.sha256(path.read_bytes()).hexdigest() == hex_digest
@@ -818,11 +818,11 @@ def test_s3_wrong_credentials_fail_as_store_errors_without_the_secret(
     seaweed: S3Server, job_root: Path, tmp_path: Path
 ) -> None:
     env = {**seaweed.env(), "S3_SECRET_KEY": "not-the-secret-0123456789"}
-    store = open_store(seaweed.url(seaweed.new_prefix("badauth")), env)
+    store = open_url(seaweed.url(seaweed.new_prefix("badauth")), env)
     with pytest.raises(StoreError) as restore_error:
-        store.restore(Layout(tmp_path / "r"), [[entry()]])
+        store.restore(Storage.open(tmp_path / "r"), [[entry()]])
     with pytest.raises(StoreError) as save_error:
-        store.save(Layout(job_root), entry())
+        store.save(Storage.open(job_root), entry())
     for error in (restore_error.value, save_error.value):
         assert "not-the-secret-0123456789" not in str(error)
         assert seaweed.secret_key not in str(error)
@@ -832,14 +832,14 @@ def test_s3_read_only_credentials_restore_but_fail_to_save_cleanly(
     seaweed: S3Server, job_root: Path, tmp_path: Path
 ) -> None:
     prefix = seaweed.new_prefix("readonly")
-    saved = open_store(seaweed.url(prefix), seaweed.env()).save(Layout(job_root), entry())
-    reader = open_store(seaweed.url(prefix), seaweed.env(readonly=True))
-    result = reader.restore(Layout(tmp_path / "r"), [[entry()]])
+    saved = open_url(seaweed.url(prefix), seaweed.env()).save(Storage.open(job_root), entry())
+    reader = open_url(seaweed.url(prefix), seaweed.env(readonly=True))
+    result = reader.restore(Storage.open(tmp_path / "r"), [[entry()]])
     assert result.restored_key == saved.key
 
     add_blob(job_root, APP, b"a layer the reader cannot upload")
     with pytest.raises(StoreError) as caught:
-        reader.save(Layout(job_root), entry())
+        reader.save(Storage.open(job_root), entry())
     assert "AccessDenied" in str(caught.value) or "Access Denied" in str(caught.value)
     entries = set(seaweed.keys(f"{prefix}/entries/"))
     assert entries == {f"{prefix}/{saved.key}"}

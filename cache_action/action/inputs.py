@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cache_action.errors import InputError, OCIError
 from cache_action.scopes import normalize_ref, validate_token
 from cache_action.storage.layout import validate_name
-from cache_action.stores.factory import ACCEPTED as STORE_FORMS
+from cache_action.stores.spec import S3Options, S3Spec, StoreSpec, parse_store
 from cache_action.units import parse_duration, parse_size
 
 _TRUE = ("true", "True", "TRUE")
@@ -31,7 +31,7 @@ class SavePolicy(StrEnum):
 
 @dataclass(frozen=True)
 class Inputs:
-    store: str
+    store: StoreSpec
     namespace: str
     scope: str
     restore_scopes: tuple[str, ...]
@@ -45,19 +45,22 @@ class Inputs:
     save: SavePolicy
     read_only: bool
     strict: bool
-    github_token: str
-    s3_region: str
-    s3_endpoint: str
-    s3_access_key_id: str
-    s3_secret_access_key: str
+    github_token: str = field(repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Inputs:
         def raw(name: str, default: str = "") -> str:
             return env.get(f"INPUT_{name.upper()}", default).strip()
 
+        s3 = S3Options(
+            region=raw("s3-region"),
+            endpoint_url=_endpoint(raw("s3-endpoint")),
+            access_key_id=raw("s3-access-key-id"),
+            secret_access_key=raw("s3-secret-access-key"),
+        )
+        token = raw("github-token")
         return cls(
-            store=_store(raw("store", "gha") or "gha"),
+            store=parse_store("store", raw("store", "gha") or "gha", s3, token),
             namespace=validate_token("namespace", raw("namespace") or _default_namespace(env)),
             scope=validate_token("scope", raw("scope") or _default_scope(env)),
             restore_scopes=tuple(
@@ -75,15 +78,12 @@ class Inputs:
             save=SavePolicy(_choice("save", raw("save", "auto") or "auto", tuple(SavePolicy))),
             read_only=_boolean("read-only", raw("read-only", "false")),
             strict=_boolean("strict", raw("strict", "false")),
-            github_token=raw("github-token"),
-            s3_region=raw("s3-region"),
-            s3_endpoint=_endpoint(raw("s3-endpoint")),
-            s3_access_key_id=raw("s3-access-key-id"),
-            s3_secret_access_key=raw("s3-secret-access-key"),
+            github_token=token,
         )
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.github_token, self.s3_secret_access_key) if s]
+        s3_secret = self.store.secret_access_key if isinstance(self.store, S3Spec) else None
+        return [s for s in (self.github_token, s3_secret) if s]
 
 
 def _list(text: str) -> list[str]:
@@ -109,12 +109,6 @@ def _port(text: str) -> int:
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
         raise InputError("port", text, "a TCP port number from 1 to 65535")
     return int(text)
-
-
-def _store(text: str) -> str:
-    if text == "gha" or text.startswith("s3://") or text.startswith("local:///"):
-        return text
-    raise InputError("store", text, STORE_FORMS)
 
 
 def _endpoint(text: str) -> str:

@@ -12,97 +12,28 @@ from typing import Any
 
 from cache_action.action import sibling, workflow
 from cache_action.action.inputs import Inputs, SavePolicy
+from cache_action.action.sibling_store import SiblingStore
 from cache_action.action.state import StageState
 from cache_action.action.summary import render
 from cache_action.errors import CacheActionError, InputError, RegistryStartError, StoreError
-from cache_action.scopes import EntryName, GitContext, plan_scopes
+from cache_action.runner import RunnerContext
+from cache_action.scopes import EntryName, plan_scopes
 from cache_action.storage.access import read_stats
 from cache_action.storage.gc import drop_tags
-from cache_action.storage.layout import Layout
-from cache_action.storage.lock import root_lock
 from cache_action.storage.prune import PrunePolicy, prune
-from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult, Store
+from cache_action.storage.root import Storage
+from cache_action.stores.base import RestoreResult, SaveResult, Store
 from cache_action.stores.factory import open_store
-from cache_action.stores.snapshot import RESTORED_FILE
-
-DEFAULT_RUNNER_TEMP = "/github/runner_temp"
+from cache_action.stores.spec import GhaSpec, LocalSpec
 
 
-def _open_store(inputs: Inputs, env: Mapping[str, str]) -> Store:
-    s3 = {
-        "region": inputs.s3_region,
-        "endpoint_url": inputs.s3_endpoint,
-        "access_key_id": inputs.s3_access_key_id,
-        "secret_access_key": inputs.s3_secret_access_key,
-    }
-    return open_store(inputs.store, env, "store", s3, inputs.github_token or None)
-
-
-Helper = tuple[Any, sibling.ActionContainer]
-
-
-def _store_helper(inputs: Inputs) -> Helper | None:
-    """A `local://` store on the runner host outside the action container's mounts (an NFS
-    mount, a directory kept between jobs) is invisible to this container, and whatever it wrote
-    there would vanish with it (`docker run --rm`): such a store is read and written by a sibling
-    container that mounts the directory. None: this process can use the store directly."""
-    if not inputs.store.startswith("local:///"):
-        return None
-    try:
-        client = sibling.docker_client()
-        me = sibling.inspect_self(client)
-    except RegistryStartError:
-        return None  # not in a container (run outside GitHub): the path is this process's own
-    return None if me.sees(inputs.store.removeprefix("local://")) else (client, me)
-
-
-def _restore_in_sibling(
-    helper: Helper, inputs: Inputs, chains: tuple[tuple[EntryName, ...], ...], layout: Layout
-) -> RestoreResult:
-    """`python -m cache_action restore` with the same chains (every chain lists the same refs)."""
-    refs = [name.ref for name in chains[0]]
-    arguments = ["restore", "--root", sibling.ROOT_IN_REGISTRY, "--store", inputs.store]
-    arguments += ["--namespace", chains[0][0].namespace, "--ref", refs[0], "--strict"]
-    for chain in chains:
-        arguments += ["--scope", chain[0].scope]
-    for ref in refs[1:]:
-        arguments += ["--fallback-ref", ref]
-    document = _json_result(
-        sibling.run_cache_command(*helper, arguments, layout.root, [_path(inputs)])
-    )
-    restored = [EntryInfo(EntryName("", "", ""), str(key), 0.0) for key in document["restored"]]
-    return RestoreResult(
-        hit=HitKind(document["hit"]),
-        restored=restored,
-        blobs_downloaded=int(document["blobs_downloaded"]),
-        bytes_downloaded=int(document["bytes_downloaded"]),
-        tags_dropped=[str(tag) for tag in document["tags_dropped"]],
-        seconds=float(document["seconds"]),
-    )
-
-
-def _save_in_sibling(helper: Helper, inputs: Inputs, name: EntryName, layout: Layout) -> SaveResult:
-    arguments = ["save", "--root", sibling.ROOT_IN_REGISTRY, "--store", inputs.store, "--strict"]
-    arguments += ["--namespace", name.namespace, "--scope", name.scope, "--ref", name.ref]
-    document = _json_result(
-        sibling.run_cache_command(*helper, arguments, layout.root, [_path(inputs)])
-    )
-    fields = SaveResult.__dataclass_fields__
-    return SaveResult(**{key: value for key, value in document.items() if key in fields})
-
-
-def _path(inputs: Inputs) -> str:
-    return inputs.store.removeprefix("local://")
-
-
-def _json_result(output: str) -> dict[str, Any]:
-    try:
-        document = json.loads(output)
-    except ValueError:
-        raise StoreError(f"unexpected output from the store container: {output[-500:]!r}") from None
-    if not isinstance(document, dict):
-        raise StoreError(f"unexpected output from the store container: {output[-500:]!r}")
-    return document
+def open_job_store(inputs: Inputs, runner: RunnerContext) -> Store:
+    """A `local://` store outside the action container's mounts goes through a sibling."""
+    if isinstance(inputs.store, LocalSpec):
+        through_sibling = SiblingStore.needed_for(inputs.store)
+        if through_sibling is not None:
+            return through_sibling
+    return open_store(inputs.store, runner)
 
 
 def _soft_fail(inputs: Inputs, what: str, error: Exception) -> bool:
@@ -125,12 +56,17 @@ def _inputs(env: Mapping[str, str]) -> Inputs | None:
     return inputs
 
 
+# --- main -------------------------------------------------------------------------------------
+
+
 def main(env: Mapping[str, str]) -> int:
+    workflow.configure_logging(env)
     inputs = _inputs(env)
     if inputs is None:
         return 1
+    runner = RunnerContext.from_env(env)
     plan = plan_scopes(
-        GitContext.from_env(env),
+        runner.git,
         inputs.namespace,
         inputs.scope,
         inputs.restore_scopes,
@@ -138,27 +74,13 @@ def main(env: Mapping[str, str]) -> int:
         inputs.fallback_refs,
         inputs.read_only,
     )
-    workdir = Path(env.get("RUNNER_TEMP") or DEFAULT_RUNNER_TEMP) / f"cache-action-{inputs.port}"
-    state = StageState(
-        root=str(workdir / "root"), run_dir=str(workdir / "run"), started_at=time.time()
-    )
-    if plan.save_to is not None:
-        state.save_to = [plan.save_to.namespace, plan.save_to.scope, plan.save_to.ref]
-    state.read_only_reason = plan.read_only_reason or ""
-    state.save()
-    layout = Layout(state.root)
-
+    state = StageState.begin(runner.temp / f"cache-action-{inputs.port}", plan)
+    storage = Storage.open(state.root)
     with workflow.group(f"Restore the BuildKit cache (scope {inputs.scope})"):
         started = time.monotonic()
         result = RestoreResult()
         try:
-            helper = _store_helper(inputs)
-            if helper is not None:  # the CLI in the sibling takes the root's lock itself
-                result = _restore_in_sibling(helper, inputs, plan.restore_chains, layout)
-            else:
-                store = _open_store(inputs, env)
-                with root_lock(layout, "restore"):
-                    result = store.restore(layout, plan.restore_chains)
+            result = open_job_store(inputs, runner).restore(storage, plan.restore_chains)
         except InputError as error:  # a store setting the store itself rejects
             workflow.error(str(error), title=f"Invalid input '{error.name}'")
             return 1
@@ -175,7 +97,7 @@ def main(env: Mapping[str, str]) -> int:
             client = sibling.docker_client()
             me = sibling.inspect_self(client)
             registry = sibling.start_registry(
-                client, me, layout.root, Path(state.run_dir), inputs.port
+                client, me, storage.layout.root, Path(state.run_dir), inputs.port
             )
         except (RegistryStartError, OSError) as error:
             state.save()
@@ -213,7 +135,11 @@ def _outputs(
     workflow.set_outputs(outputs)
 
 
+# --- post -------------------------------------------------------------------------------------
+
+
 def post(env: Mapping[str, str]) -> int:
+    workflow.configure_logging(env)
     state = StageState.load(env)
     if state is None or not state.root:
         # Main failed before it touched anything (e.g. an invalid input, already reported
@@ -223,38 +149,26 @@ def post(env: Mapping[str, str]) -> int:
     inputs = _inputs(env)
     if inputs is None:
         return 0
-    layout = Layout(state.root)
-    problem: str | None = None
-    if state.container_id:
-        with workflow.group("Stop the registry"):
-            started = time.monotonic()
-            report = sibling.stop_registry(sibling.docker_client(), state.container_id)
-            state.seconds["stop"] = time.monotonic() - started
-            if report.crashed:
-                problem = "the registry stopped unexpectedly; only complete entries are kept"
-                workflow.warning(f"{problem}\n{report.logs[-2000:]}", title="BuildKit cache")
-    if not layout.root.is_dir():
+    problem = _stop_registry(state)
+    if not Path(state.root).is_dir():
         workflow.info("nothing to save: the cache root does not exist")
         return 0
+    storage = Storage.open(state.root)
     failed = False
     gc_report: dict[str, Any] | None = None
     save_report: dict[str, Any] | None = None
     try:
-        helper = _store_helper(inputs)
-        with root_lock(layout, "post"):
-            gc_report = _prune(inputs, layout, state)
-            if helper is None:
-                save_report = _save(inputs, env, layout, state, None)
-        if helper is not None:  # the CLI in the sibling takes the root's lock itself
-            save_report = _save(inputs, env, layout, state, helper)
+        gc_report = _prune(inputs, storage, state)
+        save_report = _save(inputs, RunnerContext.from_env(env), storage, state)
     except (StoreError, OSError, CacheActionError) as error:
         failed = _soft_fail(inputs, "Saving the cache failed", error)
+    store = "GitHub Actions cache" if isinstance(inputs.store, GhaSpec) else inputs.store.url
     workflow.append_summary(
         render(
             inputs.scope,
-            inputs.store if inputs.store != "gha" else "GitHub Actions cache",
+            store,
             state.restore,
-            read_stats(layout),
+            read_stats(storage.layout),
             problem,
             gc_report,
             save_report,
@@ -264,19 +178,34 @@ def post(env: Mapping[str, str]) -> int:
     return 1 if failed else 0
 
 
-def _prune(inputs: Inputs, layout: Layout, state: StageState) -> dict[str, Any]:
+def _stop_registry(state: StageState) -> str | None:
+    """Stop the sibling registry (it flushes its access record); the problem, if it crashed."""
+    if not state.container_id:
+        return None
+    with workflow.group("Stop the registry"):
+        started = time.monotonic()
+        report = sibling.stop_registry(sibling.docker_client(), state.container_id)
+        state.seconds["stop"] = time.monotonic() - started
+        if not report.crashed:
+            return None
+        problem = "the registry stopped unexpectedly; only complete entries are kept"
+        workflow.warning(f"{problem}\n{report.logs[-2000:]}", title="BuildKit cache")
+        return problem
+
+
+def _prune(inputs: Inputs, storage: Storage, state: StageState) -> dict[str, Any]:
     """Keep only this job's tags for its own entry (merged-in scopes have their own entries),
     then TTL, budget and integrity; nothing this run used is dropped."""
     with workflow.group("Prune the cache"):
         started = time.monotonic()
         others = {(inputs.repository, s) for s in inputs.restore_scopes if s != inputs.scope}
-        drop_tags(layout, others)
+        drop_tags(storage, others)
         policy = PrunePolicy(
             ttl_seconds=inputs.ttl_seconds,
             max_size_bytes=inputs.max_size_bytes,
             protect_since=state.started_at or None,
         )
-        report = prune(layout, policy).to_json()
+        report = prune(storage, policy).to_json()
         state.seconds["prune"] = time.monotonic() - started
         for item in report["tags_removed"]:
             workflow.info(f"pruned {item['tag']} ({item['reason']})")
@@ -285,26 +214,18 @@ def _prune(inputs: Inputs, layout: Layout, state: StageState) -> dict[str, Any]:
 
 
 def _save(
-    inputs: Inputs,
-    env: Mapping[str, str],
-    layout: Layout,
-    state: StageState,
-    helper: Helper | None,
+    inputs: Inputs, runner: RunnerContext, storage: Storage, state: StageState
 ) -> dict[str, Any]:
     if inputs.save is SavePolicy.NEVER:
         return SaveResult(skipped_reason="save: never").to_json()
     if not state.save_to:
         reason = state.read_only_reason or "this job may not write the cache"
         return SaveResult(skipped_reason=reason).to_json()
-    if inputs.save is SavePolicy.ALWAYS:
-        (layout.meta_dir / RESTORED_FILE).unlink(missing_ok=True)
     with workflow.group("Save the cache"):
         started = time.monotonic()
-        name = EntryName(*state.save_to)
-        if helper is not None:
-            result = _save_in_sibling(helper, inputs, name, layout)
-        else:
-            result = _open_store(inputs, env).save(layout, name)
+        store = open_job_store(inputs, runner)
+        force = inputs.save is SavePolicy.ALWAYS
+        result = store.save(storage, EntryName(*state.save_to), force=force)
         state.seconds["save"] = time.monotonic() - started
         workflow.info(json.dumps(result.to_json()))
         for text in result.warnings:

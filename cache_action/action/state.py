@@ -4,11 +4,14 @@ and writer of those names."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cache_action.action import workflow
+from cache_action.scopes import ScopePlan
 
 _KEY = "cache_action"
 
@@ -24,6 +27,18 @@ class StageState:
     read_only_reason: str = ""
     restore: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, workdir: Path, plan: ScopePlan) -> StageState:
+        """Main's first state, saved at once: post finds the root even if main dies later."""
+        state = cls(
+            root=str(workdir / "root"), run_dir=str(workdir / "run"), started_at=time.time()
+        )
+        if plan.save_to is not None:
+            state.save_to = [plan.save_to.namespace, plan.save_to.scope, plan.save_to.ref]
+        state.read_only_reason = plan.read_only_reason or ""
+        state.save()
+        return state
 
     def save(self) -> None:
         """Written as one JSON value, and again whenever main learns more: post sees the last."""

@@ -26,7 +26,7 @@ def render(
         rows.append(
             (
                 "Restored",
-                f"**{hit}** from `{restored[0]}`"
+                f"**{hit}** from `{restored[0]['key']}`"
                 + (f" (+{len(restored) - 1} more)" if len(restored) > 1 else "")
                 + f": {restore.get('blobs_downloaded', 0)} blobs, "
                 f"{_mb(restore.get('bytes_downloaded', 0))}",

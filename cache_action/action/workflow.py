@@ -8,6 +8,7 @@ summary helper and no `set_failed` that lets the stage finish its cleanup.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -43,8 +44,43 @@ def notice(message: str, title: str | None = None) -> None:
 
 
 def info(message: str) -> None:
-    sys.stdout.write(message + "\n")
+    sys.stdout.write("".join(_inert(line) + "\n" for line in message.splitlines() or [""]))
     sys.stdout.flush()
+
+
+def _inert(line: str) -> str:
+    """A log line the runner will not take for a workflow command (`::name::`), whatever a
+    cache key or a server's message put in it."""
+    return line.replace("::", ": :", 1) if line.lstrip().startswith("::") else line
+
+
+class JobLogHandler(logging.Handler):
+    """The package's log records as job-log lines, inside whatever group is open: INFO as
+    they are, warnings and errors prefixed, DEBUG only when the run has debug logging on.
+    Annotations are for what the user should act on; the stages write those themselves."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a bad format string must not break the stage
+            self.handleError(record)
+            return
+        prefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        lines = [_inert(prefix + line) for line in text.splitlines() or [""]]
+        if record.levelno < logging.INFO:
+            lines = [f"::debug::{_escape_data(line)}" for line in lines]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+
+
+def configure_logging(env: Mapping[str, str]) -> None:
+    """Called once by each stage: the stores' `log.info` lines reach the job log."""
+    level = logging.DEBUG if env.get("RUNNER_DEBUG") == "1" else logging.INFO
+    root = logging.getLogger()
+    root.handlers = [JobLogHandler()]
+    root.setLevel(level)
+    for noisy in ("azure", "botocore", "boto3", "urllib3", "s3transfer", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # their INFO is every request
 
 
 def mask(secret: str) -> None:

@@ -17,7 +17,7 @@ from cache_action.registry.auth import (
     access_control,
     token_endpoint,
 )
-from cache_action.registry.context import REGISTRY, Registry, registry_of
+from cache_action.registry.context import SERVER_STATE, ServerState, state_of
 from cache_action.registry.errors import error_response
 from cache_action.storage.root import Storage
 
@@ -31,7 +31,7 @@ async def api_version(request: web.Request) -> web.Response:
 
 
 async def cache_stats(request: web.Request) -> web.Response:
-    return web.json_response(registry_of(request).stats.to_json())
+    return web.json_response(state_of(request).stats.to_json())
 
 
 def _routes() -> list[web.RouteDef]:
@@ -59,9 +59,9 @@ def _routes() -> list[web.RouteDef]:
 @web.middleware
 async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as a spec error body; nothing unexpected leaks a traceback."""
-    registry = registry_of(request)
-    registry.stats.requests += 1
-    await registry.admit()
+    state = state_of(request)
+    state.stats.requests += 1
+    await state.admit()
     try:
         return await handler(request)
     except OCIError as error:
@@ -87,7 +87,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             status=500,
         )
     finally:
-        registry.request_finished()
+        state.request_finished()
 
 
 async def _api_version_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -100,7 +100,7 @@ def create_app(storage: Storage, gatekeeper: Gatekeeper | None = None) -> web.Ap
     app = web.Application(
         middlewares=[oci_errors, access_control(gatekeeper)], client_max_size=1024**2
     )
-    app[REGISTRY] = Registry(storage)
+    app[SERVER_STATE] = ServerState(storage)
     app[GATEKEEPER] = gatekeeper
     app.router.add_routes(_routes())
     if gatekeeper.issues_tokens:

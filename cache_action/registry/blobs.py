@@ -6,33 +6,24 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from cache_action.errors import ErrorCode, OCIError
-from cache_action.registry.context import digest_of, lookup_digest_of, name_of, registry_of
+from cache_action.registry.context import digest_of, lookup_digest_of, repository_of
 
 IMMUTABLE = "max-age=31536000"
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
-    registry = registry_of(request)
-    name, digest = name_of(request), lookup_digest_of(request)
-    blobs = registry.storage.blobs
-    size = None if digest is None else blobs.size(name, digest)
-    if digest is None or size is None:
-        registry.stats.blob_misses += 1
-        asked = request.match_info["digest"][:200]
-        raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {asked} is not in {name}")
-    registry.stats.blob_hits += 1
-    registry.storage.access.touch_blob(digest)
+    repository = repository_of(request)
+    blob = repository.blob(lookup_digest_of(request), request.match_info["digest"])
     wanted = _usable_range(request)
     if wanted is not None and wanted.strip() == "-0":  # RFC 9110: an empty suffix is unsatisfiable
-        return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{blob.size}"})
     if request.method == "GET":
-        registry.stats.bytes_out += _bytes_to_send(request, size)
+        repository.sent(_bytes_to_send(request, blob.size))
     return _BlobFile(
-        blobs.path(name, digest),
+        blob.path,
         headers={
             "Content-Type": "application/octet-stream",
-            "Docker-Content-Digest": str(digest),
+            "Docker-Content-Digest": str(blob.digest),
             "Cache-Control": IMMUTABLE,
         },
     )
@@ -82,8 +73,7 @@ def _bytes_to_send(request: web.Request, size: int) -> int:
 
 
 async def delete_blob(request: web.Request) -> web.Response:
-    registry = registry_of(request)
-    name, digest = name_of(request), digest_of(request)
-    if not registry.storage.blobs.delete(name, digest):
-        raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {digest} is not in {name}")
+    repository = repository_of(request)
+    digest = digest_of(request)
+    repository.delete_blob(digest)
     return web.Response(status=202, headers={"Docker-Content-Digest": str(digest)})

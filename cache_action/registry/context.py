@@ -1,4 +1,5 @@
-"""What every handler reaches through the application: the storage root and this run's stats."""
+"""What every handler reaches through the application: the served root, this run's counters,
+and the requests in flight (shutdown and maintenance wait for them)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from cache_action.storage.access import RunStats
+from cache_action.registry.stats import RunStats
 from cache_action.storage.digests import Digest, UnsupportedDigest
-from cache_action.storage.layout import validate_name
+from cache_action.storage.repository import Repository
 from cache_action.storage.root import Storage
 
 
 @dataclass
-class Registry:
+class ServerState:
     storage: Storage
     stats: RunStats = field(default_factory=RunStats)
     in_flight: int = 0  # requests being handled: shutdown waits for them
@@ -48,15 +49,18 @@ class Registry:
             self.idle.set()
 
 
-REGISTRY = web.AppKey("registry", Registry)
+SERVER_STATE = web.AppKey("server_state", ServerState)
 
 
-def registry_of(request: web.Request) -> Registry:
-    return request.app[REGISTRY]
+def state_of(request: web.Request) -> ServerState:
+    return request.app[SERVER_STATE]
 
 
-def name_of(request: web.Request) -> str:
-    return validate_name(request.match_info["name"])
+def repository_of(request: web.Request) -> Repository:
+    """The repository the request names (NAME_INVALID for a bad name), through the façade
+    that records access and counts bytes."""
+    state = state_of(request)
+    return Repository(state.storage, request.match_info["name"], state.stats)
 
 
 def digest_of(request: web.Request, key: str = "digest") -> Digest:

@@ -22,7 +22,7 @@ from aiohttp import web
 from cache_action.errors import CacheActionError
 from cache_action.registry.app import create_app
 from cache_action.registry.auth import Gatekeeper, describe
-from cache_action.registry.context import REGISTRY, Registry
+from cache_action.registry.context import SERVER_STATE, ServerState
 from cache_action.registry.settings import Listen, ServeConfig
 from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
@@ -36,7 +36,7 @@ FLUSH_INTERVAL_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-Hook = Callable[[Registry], Coroutine[Any, Any, None]]
+Hook = Callable[[ServerState], Coroutine[Any, Any, None]]
 
 
 async def serve(
@@ -44,13 +44,15 @@ async def serve(
     periodic: Hook | None = None,
     on_stopped: Hook | None = None,
     sock: socket.socket | None = None,
+    storage: Storage | None = None,
 ) -> None:
     """`periodic` runs while serving (cancelled at stop); `on_stopped` after the server has
     stopped and flushed, still under the root lock (the standalone service's final save).
-    `sock` is the socket `bind` made, when the caller had work to do between."""
+    `sock` is the socket `bind` made, `storage` the root opened, when the caller had work
+    to do between."""
     sock = sock or bind(config.listen)  # first: a port in use is reported before the root
-    usable_root(config.root_setting, config.root)
-    storage = Storage.open(config.root)
+    if storage is None:
+        storage = Storage.open(usable_root(config.root_setting, config.root).root)
     with root_lock(storage.layout, "serve"):
         storage.uploads.clear()
         app = create_app(storage, Gatekeeper(config.policy))
@@ -78,19 +80,19 @@ async def serve(
                 _write_ready_file(config.ready_file, address, url)
             tasks = [asyncio.create_task(_housekeeping(storage))]
             if periodic is not None:
-                tasks.append(asyncio.create_task(periodic(app[REGISTRY])))
+                tasks.append(asyncio.create_task(periodic(app[SERVER_STATE])))
             await stop.wait()
             for task in tasks:
                 task.cancel()
             await site.stop()  # no new connections; open ones may still finish their requests
-            await _drain(app[REGISTRY])
+            await _drain(app[SERVER_STATE])
         finally:
             await runner.cleanup()
             _persist(storage, app)
             if config.ready_file is not None:
                 config.ready_file.unlink(missing_ok=True)
         if on_stopped is not None:
-            await on_stopped(app[REGISTRY])
+            await on_stopped(app[SERVER_STATE])
 
 
 def bind(listen: Listen) -> socket.socket:
@@ -110,15 +112,15 @@ def bind(listen: Listen) -> socket.socket:
         raise CacheActionError(f"{listen.setting}: {listen} {problem}") from None
 
 
-async def _drain(registry: Registry) -> None:
+async def _drain(state: ServerState) -> None:
     """Let requests in flight finish (an upload body keeps arriving) before closing sockets."""
-    if not registry.in_flight:
+    if not state.in_flight:
         return
-    log.info("stopping: waiting for %d request(s) in flight", registry.in_flight)
+    log.info("stopping: waiting for %d request(s) in flight", state.in_flight)
     try:
-        await asyncio.wait_for(registry.idle.wait(), SHUTDOWN_GRACE_SECONDS)
+        await asyncio.wait_for(state.idle.wait(), SHUTDOWN_GRACE_SECONDS)
     except TimeoutError:
-        log.warning("%d request(s) still running after the grace period", registry.in_flight)
+        log.warning("%d request(s) still running after the grace period", state.in_flight)
 
 
 def _bound_address(runner: web.AppRunner) -> str:
@@ -146,8 +148,8 @@ async def _housekeeping(storage: Storage) -> None:
 
 
 def _persist(storage: Storage, app: web.Application) -> None:
-    stats = app[REGISTRY].stats
+    stats = app[SERVER_STATE].stats
     stats.stopped_at = time.time()
     storage.access.flush()
-    write_stats(storage.layout, stats)
+    write_stats(storage.layout, stats.to_json())
     log.info("flushed access record and stats: %s", json.dumps(stats.to_json()))

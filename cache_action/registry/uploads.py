@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from cache_action.errors import ErrorCode, OCIError
-from cache_action.registry.context import name_of, registry_of
+from cache_action.registry.context import repository_of
 from cache_action.storage.digests import Digest
 from cache_action.storage.layout import validate_name
+from cache_action.storage.repository import Repository
 from cache_action.storage.uploads import UploadSession
 
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})", re.ASCII)
@@ -44,26 +45,21 @@ def _body(request: web.Request) -> AsyncIterator[bytes]:
 
 
 async def start_upload(request: web.Request) -> web.Response:
-    registry = registry_of(request)
-    name = name_of(request)
-    storage = registry.storage
-    if "mount" in request.query and await _try_mount(request, name):
-        return _created(name, Digest.parse(request.query["mount"]))
-    if "digest" in request.query:
+    repository = repository_of(request)
+    if "mount" in request.query and _try_mount(request, repository):
+        return _created(repository.name, Digest.parse(request.query["mount"]))
+    if "digest" in request.query:  # monolithic: the whole blob in the POST
         digest = _query_digest(request)
-        session = storage.uploads.start(name)
+        session = repository.start_upload()
         session.expect(digest)
-        registry.stats.bytes_in += await storage.uploads.append(session, _body(request))
-        await storage.uploads.finish(session, digest)
-        registry.stats.blobs_pushed += 1
-        storage.access.touch_blob(digest)
-        return _created(name, digest)
-    storage.indexes.ensure(name)
-    session = storage.uploads.start(name)
-    return web.Response(status=202, headers=_session_headers(name, session))
+        await repository.receive(session, _body(request))
+        await repository.finish_upload(session, digest)
+        return _created(repository.name, digest)
+    session = repository.start_upload()
+    return web.Response(status=202, headers=_session_headers(repository.name, session))
 
 
-async def _try_mount(request: web.Request, name: str) -> bool:
+def _try_mount(request: web.Request, repository: Repository) -> bool:
     """A mount is an optimisation: anything unusable falls back to an ordinary upload."""
     try:
         digest = Digest.parse(request.query["mount"])
@@ -72,29 +68,23 @@ async def _try_mount(request: web.Request, name: str) -> bool:
             validate_name(source)
     except OCIError:
         return False
-    storage = registry_of(request).storage
-    mounted = storage.blobs.mount(name, digest, source)
-    if mounted:
-        storage.access.touch_blob(digest)
-    return mounted
+    return repository.mount(digest, source)
 
 
 async def upload_status(request: web.Request) -> web.Response:
-    name = name_of(request)
-    session = registry_of(request).storage.uploads.get(name, request.match_info["session"])
-    return web.Response(status=204, headers=_session_headers(name, session))
+    repository = repository_of(request)
+    session = repository.upload(request.match_info["session"])
+    return web.Response(status=204, headers=_session_headers(repository.name, session))
 
 
 async def patch_upload(request: web.Request) -> web.Response:
-    registry = registry_of(request)
-    name = name_of(request)
-    uploads = registry.storage.uploads
-    session = uploads.get(name, request.match_info["session"])
+    repository = repository_of(request)
+    session = repository.upload(request.match_info["session"])
     async with session.lock:
         expected = _check_content_range(request, session)
         before_offset, before_hash = session.offset, session.hasher.copy()
         try:
-            written = await uploads.append(session, _body(request), limit=expected)
+            written = await repository.receive(session, _body(request), limit=expected)
             if expected is not None and written != expected:
                 raise OCIError(
                     ErrorCode.SIZE_INVALID,
@@ -102,10 +92,9 @@ async def patch_upload(request: web.Request) -> web.Response:
                 )
         except BaseException:
             if expected is not None:  # a chunk is all or nothing
-                uploads.rewind(session, before_offset, before_hash)
+                repository.rewind(session, before_offset, before_hash)
             raise
-        registry.stats.bytes_in += written
-    return web.Response(status=202, headers=_session_headers(name, session))
+    return web.Response(status=202, headers=_session_headers(repository.name, session))
 
 
 def _check_content_range(request: web.Request, session: UploadSession) -> int | None:
@@ -137,24 +126,18 @@ def _check_content_range(request: web.Request, session: UploadSession) -> int | 
 
 
 async def finish_upload(request: web.Request) -> web.Response:
-    registry = registry_of(request)
-    name = name_of(request)
-    uploads = registry.storage.uploads
-    session = uploads.get(name, request.match_info["session"])
+    repository = repository_of(request)
+    session = repository.upload(request.match_info["session"])
     digest = _query_digest(request)
     async with session.lock:
         expected = _check_content_range(request, session)
         session.expect(digest)
-        written = await uploads.append(session, _body(request), limit=expected)
-        registry.stats.bytes_in += written
-        await uploads.finish(session, digest)
-    registry.stats.blobs_pushed += 1
-    registry.storage.access.touch_blob(digest)
-    return _created(name, digest)
+        await repository.receive(session, _body(request), limit=expected)
+        await repository.finish_upload(session, digest)
+    return _created(repository.name, digest)
 
 
 async def cancel_upload(request: web.Request) -> web.Response:
-    name = name_of(request)
-    uploads = registry_of(request).storage.uploads
-    uploads.cancel(uploads.get(name, request.match_info["session"]))
+    repository = repository_of(request)
+    repository.cancel_upload(repository.upload(request.match_info["session"]))
     return web.Response(status=204)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cache_action.storage.digests import Digest
@@ -19,26 +18,6 @@ from cache_action.storage.layout import Layout
 
 Clock = Callable[[], float]
 SECTIONS = ("tags", "manifests", "blobs")
-
-
-@dataclass
-class RunStats:
-    """Counters of one serve run."""
-
-    started_at: float = field(default_factory=time.time)
-    stopped_at: float | None = None
-    requests: int = 0
-    manifest_hits: int = 0
-    manifest_misses: int = 0
-    blob_hits: int = 0
-    blob_misses: int = 0
-    blobs_pushed: int = 0
-    manifests_pushed: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class AccessRecord:
@@ -105,8 +84,9 @@ class AccessRecord:
         self.dirty = True
 
 
-def write_stats(layout: Layout, stats: RunStats) -> None:
-    write_atomic(layout.stats_path, json.dumps(stats.to_json(), indent=1).encode() + b"\n")
+def write_stats(layout: Layout, stats: Mapping[str, Any]) -> None:
+    """The last run's counters, for the post stage's summary and `stats`."""
+    write_atomic(layout.stats_path, json.dumps(dict(stats), indent=1).encode() + b"\n")
 
 
 def read_stats(layout: Layout) -> dict[str, Any] | None:

@@ -22,8 +22,9 @@ from cache_action.errors import OCIError
 from cache_action.storage.blobs import BlobStore
 from cache_action.storage.digests import Digest
 from cache_action.storage.index import Descriptor, IndexStore, RepositoryIndex, tag_of
-from cache_action.storage.layout import Layout
+from cache_action.storage.lock import root_lock
 from cache_action.storage.manifests import MAX_MANIFEST_BYTES, read_manifest
+from cache_action.storage.root import Storage
 
 
 @dataclass
@@ -130,7 +131,7 @@ def missing_closure(blobs: BlobStore, name: str, digest: Digest) -> set[Digest]:
 
 
 def collect_garbage(
-    layout: Layout,
+    storage: Storage,
     dry_run: bool = False,
     without_tags: Iterable[tuple[str, str]] = (),
     spare: frozenset[Digest] = frozenset(),
@@ -143,10 +144,19 @@ def collect_garbage(
     serving (`serving`, requests paused), uploads in progress stay, and so do `spare` blobs:
     ones a client touched lately may be named by a manifest it is about to push.
     """
-    indexes = IndexStore(layout)
-    blobs = BlobStore(layout, indexes)
+    with root_lock(storage.layout, "gc"):
+        return _collect(storage, dry_run, set(without_tags), spare, serving)
+
+
+def _collect(
+    storage: Storage,
+    dry_run: bool,
+    ignored: set[tuple[str, str]],
+    spare: frozenset[Digest],
+    serving: bool,
+) -> GcReport:
+    layout, indexes, blobs = storage.layout, storage.indexes, storage.blobs
     report = GcReport(dry_run=dry_run)
-    ignored = set(without_tags)
     doomed: list[Path] = []
     leftovers: list[Path] = []
     reachable: set[Digest] = set()
@@ -245,11 +255,11 @@ def _remove(path: Path) -> None:
         pass
 
 
-def drop_tags(layout: Layout, tags: set[tuple[str, str]]) -> list[str]:
+def drop_tags(storage: Storage, tags: set[tuple[str, str]]) -> list[str]:
     """Untag `(repository, tag)` pairs (their blobs go at the next collection)."""
-    indexes = IndexStore(layout)
     dropped = []
-    for name, tag in sorted(tags):
-        if indexes.exists(name) and indexes.remove_tag(name, tag):
-            dropped.append(f"{name}:{tag}")
+    with root_lock(storage.layout, "drop tags"):
+        for name, tag in sorted(tags):
+            if storage.indexes.exists(name) and storage.indexes.remove_tag(name, tag):
+                dropped.append(f"{name}:{tag}")
     return dropped

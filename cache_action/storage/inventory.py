@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cache_action.storage.index import IndexStore
-from cache_action.storage.layout import Layout
+if TYPE_CHECKING:
+    from cache_action.storage.root import Storage
 
 
 @dataclass
@@ -21,8 +21,8 @@ class Inventory:
         return {"repositories": self.repositories, "blobs": self.blobs, "bytes": self.bytes}
 
 
-def take_inventory(layout: Layout) -> Inventory:
-    indexes = IndexStore(layout)
+def take_inventory(storage: Storage) -> Inventory:
+    layout, indexes = storage.layout, storage.indexes
     inventory = Inventory()
     blob_dirs = [layout.root / "blobs"]
     for name in layout.repositories():

@@ -10,6 +10,8 @@
       .cache-action/                    our own bookkeeping, never a repository
         access.json                     last write/read time per tag, manifest and blob
         stats.json                      the last run's counters, written at graceful shutdown
+        restored.json                   what restore brought (its fingerprint skips no-op saves)
+        saved.json                      when an archive of the root was saved (Actions cache)
         uploads/<uuid>                  upload sessions in progress (never archived)
         lock                            flock held by whoever writes the root (serve, gc, prune)
 
@@ -77,6 +79,8 @@ class Layout:
         self.uploads_dir = self.meta_dir / "uploads"
         self.access_path = self.meta_dir / "access.json"
         self.stats_path = self.meta_dir / "stats.json"
+        self.restored_path = self.meta_dir / "restored.json"  # what the root held after restore
+        self.saved_path = self.meta_dir / "saved.json"  # when an archived root was saved
         self.lock_path = self.meta_dir / "lock"
 
     def create(self) -> None:

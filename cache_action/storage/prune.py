@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from cache_action.errors import OCIError
-from cache_action.storage.access import AccessRecord
 from cache_action.storage.blobs import BlobStore
 from cache_action.storage.digests import Digest
 from cache_action.storage.gc import RepositoryMarker, collect_garbage, drop_tags
-from cache_action.storage.index import Descriptor, IndexStore, RepositoryIndex, tag_of
+from cache_action.storage.index import Descriptor, RepositoryIndex, tag_of
 from cache_action.storage.inventory import blob_files, take_inventory
 from cache_action.storage.layout import Layout
+from cache_action.storage.lock import root_lock
 from cache_action.storage.manifests import MAX_MANIFEST_BYTES, read_manifest
+from cache_action.storage.root import Storage
 
 
 class Verify(StrEnum):
@@ -89,14 +90,19 @@ class _Tag:
 
 
 def prune(
-    layout: Layout, policy: PrunePolicy, clock: Callable[[], float] = time.time
+    storage: Storage, policy: PrunePolicy, clock: Callable[[], float] = time.time
 ) -> PruneReport:
-    """Apply `policy` to the root: with the root lock held and the registry stopped, or from
-    inside the registry with requests paused and `policy.serving` set."""
-    now = clock()
+    """Apply `policy` to the root, under its lock: with the registry stopped, or from inside
+    the registry (which holds the lock) with requests paused and `policy.serving` set."""
+    with root_lock(storage.layout, "prune"):
+        return _prune(storage, policy, clock())
+
+
+def _prune(storage: Storage, policy: PrunePolicy, now: float) -> PruneReport:
+    layout = storage.layout
     report = PruneReport(dry_run=policy.dry_run)
-    report.bytes_before = take_inventory(layout).bytes
-    tags = _tags(layout, policy.verify)
+    report.bytes_before = take_inventory(storage).bytes
+    tags = _tags(storage, policy.verify)
     doomed: dict[tuple[str, str], str] = {}
 
     def protected(tag: _Tag) -> bool:
@@ -131,16 +137,16 @@ def prune(
         for (repository, tag), reason in sorted(doomed.items())
     ]
     if policy.dry_run:
-        garbage = collect_garbage(layout, dry_run=True, without_tags=doomed)
+        garbage = collect_garbage(storage, dry_run=True, without_tags=doomed)
         report.blobs_removed = len(garbage.blobs_deleted)
         report.bytes_after = _bytes_on_disk(layout, excluding=set(garbage.blob_paths))
         report.bytes_freed = report.bytes_before - report.bytes_after
         return report
-    drop_tags(layout, set(doomed))
-    garbage = collect_garbage(layout, spare=policy.spare, serving=policy.serving)
-    _forget_removed(layout, doomed)
+    drop_tags(storage, set(doomed))
+    garbage = collect_garbage(storage, spare=policy.spare, serving=policy.serving)
+    _forget_removed(storage, doomed)
     report.blobs_removed = len(garbage.blobs_deleted)
-    report.bytes_after = take_inventory(layout).bytes
+    report.bytes_after = take_inventory(storage).bytes
     report.bytes_freed = report.bytes_before - report.bytes_after
     return report
 
@@ -166,10 +172,8 @@ def _bytes_on_disk(layout: Layout, excluding: set[Path]) -> int:
     return sum(size for size, kept in links.values() if kept)
 
 
-def _tags(layout: Layout, verify: Verify) -> list[_Tag]:
-    indexes = IndexStore(layout)
-    blobs = BlobStore(layout, indexes)
-    access = AccessRecord.load(layout)
+def _tags(storage: Storage, verify: Verify) -> list[_Tag]:
+    layout, indexes, blobs, access = storage.layout, storage.indexes, storage.blobs, storage.access
     verified: dict[tuple[str, Digest], bool] = {}
     found = []
     for repository in layout.repositories():
@@ -274,10 +278,11 @@ def _mtime(layout: Layout, repository: str, tag: _Tag) -> float:
         return 0.0
 
 
-def _forget_removed(layout: Layout, doomed: dict[tuple[str, str], str]) -> None:
+def _forget_removed(storage: Storage, doomed: dict[tuple[str, str], str]) -> None:
     """Drop the record's entries of dropped tags and of blobs and manifests gc deleted, so the
-    record does not grow with every blob ever pushed."""
-    access = AccessRecord.load(layout)
+    record does not grow with every blob ever pushed. The record is the root's one live
+    record: a serving registry's next flush writes the same object, not a stale copy."""
+    layout, access = storage.layout, storage.access
     access.forget("tags", {f"{repository}:{tag}" for repository, tag in doomed})
     access.forget("blobs", {key for key in access.times["blobs"] if not _exists(layout, key)})
     access.forget(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -21,15 +21,9 @@ from urllib.parse import unquote
 
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
-from cache_action.storage.layout import Layout
-from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult, StoreError
-from cache_action.stores.snapshot import (
-    Snapshot,
-    apply_snapshots,
-    record_restored,
-    restored_fingerprint,
-    take_snapshot,
-)
+from cache_action.storage.root import Storage
+from cache_action.storage.snapshot import BlobFetcher, Snapshot
+from cache_action.stores.base import EntryInfo, Found, SaveResult, SnapshotStore, StoreError
 
 log = logging.getLogger(__name__)
 ENTRIES = "entries/"
@@ -60,13 +54,21 @@ def _blob_key(digest_text: str) -> str:
     return f"blobs/{digest.algorithm}/{digest.hex}"
 
 
+def _pool_path(storage: Storage, digest_text: str) -> Path:
+    digest = Digest.parse(digest_text)
+    found = storage.layout.find_blob(digest)
+    if found is None:
+        raise StoreError(f"blob {digest} vanished from the root during save")
+    return found
+
+
 def _entry_info(name: EntryName, key: str, size: int) -> EntryInfo:
     stamp = key.rsplit("/", 1)[-1].split("-", 1)[0]
     created = int(stamp) / 1000 if stamp.isdigit() else 0.0
     return EntryInfo(name, key, created, size)
 
 
-class ContentAddressedStore:
+class ContentAddressedStore(SnapshotStore):
     def __init__(self, backend: ObjectBackend, workers: int = 8) -> None:
         self.backend = backend
         self.workers = workers
@@ -78,60 +80,40 @@ class ContentAddressedStore:
         entries = [_entry_info(name, o.key, o.size) for o in listed if o.key.endswith(".json")]
         return sorted(entries, key=lambda e: e.key, reverse=True)
 
-    def restore(self, layout: Layout, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
-        started = time.monotonic()
-        result = RestoreResult()
-        found: list[tuple[EntryInfo, Snapshot]] = []
-        exact = True
-        for chain in chains:
-            match = self._first_match(chain)
-            if match is None or match[0].name != chain[0]:
-                exact = False
-            if match is not None:
-                found.append(match)
-        if found:
-            result.hit = HitKind.EXACT if exact else HitKind.PARTIAL
-            found.sort(key=lambda pair: pair[1].created_at)  # oldest first: the newest tag wins
-            report = apply_snapshots(
-                layout, [(snapshot, self.backend.get_blob) for _, snapshot in found], self.workers
-            )
-            result.restored = [info for info, _ in reversed(found)]
-            result.blobs_downloaded = report.blobs_fetched
-            result.bytes_downloaded = report.bytes_fetched
-            result.tags_dropped = report.tags_dropped
-            for digest in report.corrupt:  # so the next save uploads a good copy
-                self.backend.delete_object(_blob_key(digest))
-        record_restored(layout, [info.key for info in result.restored])
-        result.seconds = time.monotonic() - started
-        return result
-
-    def _first_match(self, chain: Sequence[EntryName]) -> tuple[EntryInfo, Snapshot] | None:
+    def _find(self, chain: Sequence[EntryName], workdir: Path) -> Found | None:
         for name in chain:
             for entry in self.entries_of(name):
                 data = self.backend.get_object(entry.key)
                 if data is None:
                     continue  # deleted between list and get
                 try:
-                    return entry, Snapshot.from_bytes(data)
+                    snapshot = Snapshot.from_bytes(data)
                 except StoreError as error:
                     log.warning("skipping %s: %s", entry.key, error)
+                    continue
+                return Found(entry, snapshot, self._fetcher(snapshot))
         return None
 
-    def save(self, layout: Layout, name: EntryName) -> SaveResult:
-        started = time.monotonic()
-        snapshot = take_snapshot(layout)
-        result = SaveResult()
-        if not snapshot.blobs:
-            result.skipped_reason = "the cache is empty"
-        elif snapshot.fingerprint() == restored_fingerprint(layout, name.prefix):
-            result.skipped_reason = "nothing changed since the restore"
-        if result.skipped_reason:
-            result.seconds = time.monotonic() - started
-            return result
+    def _fetcher(self, snapshot: Snapshot) -> BlobFetcher:
+        def fetch(digest: Digest, target: Path) -> int:
+            self.backend.get_blob(digest, target)
+            return snapshot.blobs[str(digest)]
+
+        return fetch
+
+    def _discard(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self.backend.delete_object(_blob_key(digest))
+
+    def _put(
+        self, storage: Storage, name: EntryName, snapshot: Snapshot, result: SaveResult
+    ) -> None:
+        """Blobs the backend lacks, in parallel, then the entry: no reader sees an entry
+        whose blobs are missing."""
         missing = self.backend.missing_blobs(sorted(snapshot.blobs))
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             uploads = [
-                pool.submit(self.backend.put_blob, Digest.parse(d), self._pool_path(layout, d))
+                pool.submit(self.backend.put_blob, Digest.parse(d), _pool_path(storage, d))
                 for d in sorted(missing)
             ]
             for upload in uploads:
@@ -139,15 +121,12 @@ class ContentAddressedStore:
         stamp = int(snapshot.created_at * 1000)
         key = f"{ENTRIES}{name.prefix}{stamp:013d}-{uuid.uuid4().hex[:12]}.json"
         self.backend.put_object(key, snapshot.to_bytes())
-        record_restored(layout, [key], saved_to=name.prefix, snapshot=snapshot)
         result.saved = True
         result.key = key
         result.blobs_uploaded = len(missing)
         result.bytes_uploaded = sum(snapshot.blobs[d] for d in missing)
         self._delete_superseded(name, keep=key)
         self.collect_garbage()
-        result.seconds = time.monotonic() - started
-        return result
 
     def collect_garbage(self, grace_seconds: float = GRACE_SECONDS) -> int:
         """Delete blobs no entry names, once older than `grace_seconds`: a concurrent save
@@ -171,14 +150,6 @@ class ContentAddressedStore:
         if removed:
             log.info("deleted %d blobs no entry uses from %s", removed, self.description)
         return removed
-
-    @staticmethod
-    def _pool_path(layout: Layout, digest_text: str) -> Path:
-        digest = Digest.parse(digest_text)
-        found = layout.find_blob(digest)
-        if found is None:
-            raise StoreError(f"blob {digest} vanished from the root during save")
-        return found
 
     def _delete_superseded(self, name: EntryName, keep: str) -> None:
         entries = self.entries_of(name)

@@ -12,12 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from cache_action.errors import StoreError
+
 if TYPE_CHECKING:
     from github import Github
 
 # PyGithub is imported when first used: it takes 0.2 s, and a restore never needs it.
 
 log = logging.getLogger(__name__)
+
+
+class CleanupDeniedError(StoreError):
+    """The token may not delete caches: advice for the user, not a failure of the save."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +120,10 @@ class CacheManagement:
         except GithubException as error:
             if error.status in (401, 403, 404):
                 self._denied = True
-                log.warning(
-                    "cannot clean up superseded cache entries (HTTP %s): give the job "
-                    "`permissions: actions: write` to let old entries be deleted",
-                    error.status,
-                )
-                return deleted
+                raise CleanupDeniedError(
+                    f"cannot clean up superseded cache entries (HTTP {error.status}): give the "
+                    "job `permissions: actions: write` to let old entries be deleted"
+                ) from None
             raise
         return deleted
 

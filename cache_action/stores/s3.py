@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,43 +12,12 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cache_action.errors import InputError
 from cache_action.storage.digests import Digest
 from cache_action.stores.base import StoreError
 from cache_action.stores.content import StoredObject
+from cache_action.stores.spec import S3Spec
 
 PART_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    bucket: str
-    prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
-
-    @classmethod
-    def from_url(
-        cls, url: str, options: Mapping[str, str | None], setting: str = "store"
-    ) -> S3Settings:
-        """`s3://bucket/prefix`; other settings from `options` (None: the AWS default chain)."""
-        rest = url.removeprefix("s3://")
-        bucket, _, prefix = rest.partition("/")
-        if not url.startswith("s3://") or not bucket:
-            raise InputError(setting, url, "s3://BUCKET[/PREFIX]")
-        prefix = prefix.strip("/")
-        return cls(
-            bucket=bucket,
-            prefix=f"{prefix}/" if prefix else "",
-            region=options.get("region") or None,
-            endpoint_url=options.get("endpoint_url") or None,
-            access_key_id=options.get("access_key_id") or None,
-            secret_access_key=options.get("secret_access_key") or None,
-            session_token=options.get("session_token") or None,
-        )
 
 
 def _fail(action: str, error: Exception) -> StoreError:
@@ -57,7 +25,7 @@ def _fail(action: str, error: Exception) -> StoreError:
 
 
 class S3Backend:
-    def __init__(self, settings: S3Settings, workers: int = 8) -> None:
+    def __init__(self, settings: S3Spec, workers: int = 8) -> None:
         self.settings = settings
         self.description = f"s3://{settings.bucket}/{settings.prefix}"
         self.client: Any = boto3.session.Session().client(

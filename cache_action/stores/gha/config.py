@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cache_action.runner import CacheServiceVariables
 from cache_action.stores.gha.errors import GhaConfigError
 
 Protocol = Literal["v1", "v2"]
@@ -35,20 +36,20 @@ def is_ghes(server_url: str | None) -> bool:
     return not (host == "GITHUB.COM" or host.endswith(".GHE.COM") or host.endswith(".LOCALHOST"))
 
 
-def choose_protocol(env: Mapping[str, str]) -> Protocol:
-    forced = env.get("ACTIONS_CACHE_API_FORCE_VERSION", "").strip().lower()
+def choose_protocol(variables: CacheServiceVariables) -> Protocol:
+    forced = variables.force_version.strip().lower()
     if forced:
         if forced not in ("v1", "v2"):
             raise GhaConfigError(
                 f"ACTIONS_CACHE_API_FORCE_VERSION: {forced!r} is not valid; expected v1 or v2"
             )
         return "v1" if forced == "v1" else "v2"
-    if is_ghes(env.get("GITHUB_SERVER_URL")):
+    if is_ghes(variables.server_url or None):
         return "v1"
-    flag = env.get("ACTIONS_CACHE_SERVICE_V2", "").strip().lower()
+    flag = variables.service_v2.strip().lower()
     if flag:
         return "v1" if flag in _FALSE_WORDS else "v2"
-    if not env.get("ACTIONS_RESULTS_URL") and env.get("ACTIONS_CACHE_URL"):
+    if not variables.results_url and variables.cache_url:
         return "v1"
     return "v2"
 
@@ -70,16 +71,20 @@ class GhaCacheConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GhaCacheConfig:
-        protocol = choose_protocol(env)
+        return cls.from_variables(CacheServiceVariables.from_env(env))
+
+    @classmethod
+    def from_variables(cls, variables: CacheServiceVariables) -> GhaCacheConfig:
+        protocol = choose_protocol(variables)
         if protocol == "v2":
-            url = env.get("ACTIONS_RESULTS_URL", "").strip()
+            url = variables.results_url.strip()
             if not url:
                 raise GhaConfigError(
                     "ACTIONS_RESULTS_URL is not set: the GitHub Actions cache service (v2) needs "
                     "it; the runner sets it for actions of a job (runner ≥ 2.308)"
                 )
         else:
-            url = (env.get("ACTIONS_CACHE_URL") or env.get("ACTIONS_RESULTS_URL") or "").strip()
+            url = (variables.cache_url or variables.results_url).strip()
             if not url:
                 raise GhaConfigError(
                     "ACTIONS_CACHE_URL is not set: the legacy GitHub Actions cache service (v1, "
@@ -91,11 +96,11 @@ class GhaCacheConfig:
             raise GhaConfigError(f"{name}: {url!r} is not an http(s) URL")
         if protocol == "v1" and not url.endswith("/"):
             url += "/"  # the v1 resource paths are appended to it
-        token = env.get("ACTIONS_RUNTIME_TOKEN", "").strip()
+        token = variables.runtime_token.strip()
         if not token:
             raise GhaConfigError(
                 "ACTIONS_RUNTIME_TOKEN is not set: the GitHub Actions cache service needs it; "
                 "the runner sets it for actions of a job"
             )
-        mode = env.get("ACTIONS_CACHE_MODE", "").strip().lower()
+        mode = variables.cache_mode.strip().lower()
         return cls(protocol=protocol, service_url=url, token=token, mode=mode)

@@ -16,44 +16,38 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
 from cache_action.errors import StoreError
+from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
 from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import META_DIR, Layout
-from cache_action.stores.base import EntryInfo, HitKind, RestoreResult, SaveResult
+from cache_action.storage.root import Storage
+from cache_action.storage.snapshot import BlobFetcher, Snapshot, take_snapshot
+from cache_action.stores.base import EntryInfo, Found, SaveResult, SnapshotStore
 from cache_action.stores.gha.archive import write_archive
 from cache_action.stores.gha.client import GhaCacheClient
+from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
 from cache_action.stores.gha.extract import extract_stream
 from cache_action.stores.gha.service import Match
-from cache_action.stores.gha_management import CacheManagement
-from cache_action.stores.snapshot import (
-    BlobFetcher,
-    Snapshot,
-    apply_snapshots,
-    record_restored,
-    restored_fingerprint,
-    take_snapshot,
-)
+from cache_action.stores.gha_management import CacheManagement, CleanupDeniedError
+from cache_action.stores.spec import GhaSpec
 
 log = logging.getLogger(__name__)
 
 PATH_LABEL = ".buildkit-cache"
 REPOSITORY_LIMIT = 10 * 1000**3  # GitHub's default per-repository cache allowance
 QUOTA_WARNING_SHARE = 0.8
-NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json")
-SAVED_FILE = "saved.json"  # {"created_at": seconds, "key": ...}: archived, read on restore
+NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json")  # saved.json goes along
 
 
-class GhaStore:
+class GhaStore(SnapshotStore):
     description = "GitHub Actions cache"
 
     def __init__(
@@ -71,54 +65,31 @@ class GhaStore:
         self.path_label = path_label
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], token: str | None = None) -> GhaStore:
-        run = env.get("GITHUB_RUN_ID")
-        suffix = f"{run}-{env.get('GITHUB_RUN_ATTEMPT', '1')}" if run else f"{int(time.time())}"
-        token = token or env.get("GITHUB_TOKEN")
-        repository = env.get("GITHUB_REPOSITORY")
+    def open(cls, spec: GhaSpec, runner: RunnerContext) -> GhaStore:
+        """The job's cache service; with a token, superseded entries are cleaned up too."""
+        run = runner.run_id
+        suffix = f"{run}-{runner.run_attempt}" if run else f"{int(time.time())}"
+        token, repository = spec.github_token or runner.token, runner.git.repository
         management = None
         if token and repository:
-            api = env.get("GITHUB_API_URL", "https://api.github.com")
-            management = CacheManagement(token, repository, api)
-        return cls(GhaCacheClient.from_env(env), suffix, management, env.get("GITHUB_REF"))
+            management = CacheManagement(token, repository, runner.api_url)
+        client = GhaCacheClient(GhaCacheConfig.from_variables(runner.cache_service))
+        return cls(client, suffix, management, runner.git.ref)
 
     # --- restore ---
 
-    def restore(self, layout: Layout, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
-        started = time.monotonic()
-        result = RestoreResult()
-        layout.create()
-        staging = layout.meta_dir / f"restore-{uuid.uuid4().hex[:12]}"
-        try:
-            sources: list[tuple[Snapshot, BlobFetcher]] = []
-            exact = True
-            for index, chain in enumerate(chains):
-                match = self.client.lookup(
-                    chain[0].prefix, [name.prefix for name in chain], [self.path_label]
-                )
-                if match is None or not match.matched_key.startswith(chain[0].prefix):
-                    exact = False
-                if match is None:
-                    continue
-                extracted, size = self._download(match, staging / str(index))
-                result.bytes_downloaded += size
-                snapshot = take_snapshot(extracted)
-                snapshot.created_at = _saved_at(extracted)  # not the time it was extracted
-                sources.append((snapshot, _linker(extracted)))
-                result.restored.append(_info(chain, match))
-            if sources:
-                result.hit = HitKind.EXACT if exact else HitKind.PARTIAL
-                sources.sort(key=lambda pair: pair[0].created_at)
-                report = apply_snapshots(layout, sources)
-                result.blobs_downloaded = report.blobs_fetched
-                result.tags_dropped = report.tags_dropped
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        record_restored(layout, [entry.key for entry in result.restored])
-        result.seconds = time.monotonic() - started
-        return result
+    def _find(self, chain: Sequence[EntryName], workdir: Path) -> Found | None:
+        match = self.client.lookup(
+            chain[0].prefix, [name.prefix for name in chain], [self.path_label]
+        )
+        if match is None:
+            return None
+        extracted, size = self._download(match, workdir)
+        snapshot = take_snapshot(extracted)
+        snapshot.created_at = _saved_at(extracted.layout)  # not the time it was extracted
+        return Found(_info(chain, match), snapshot, _linker(extracted.layout), downloaded=size)
 
-    def _download(self, match: Match, folder: Path) -> tuple[Layout, int]:
+    def _download(self, match: Match, folder: Path) -> tuple[Storage, int]:
         """Extract the entry while it downloads; its root and the archive's size."""
         folder.mkdir(parents=True)
         with self.client.open_download(match) as archive:
@@ -126,24 +97,17 @@ class GhaStore:
         root = folder / self.path_label
         if not root.is_dir():
             raise StoreError(f"cache entry {match.matched_key} holds no {self.path_label}/")
-        return Layout(root), archive.size
+        return Storage.open(root), archive.size
+
+    def _discard(self, digests: Iterable[str]) -> None:
+        """Entries are immutable archives: the next save writes a new one anyway."""
 
     # --- save ---
 
-    def save(self, layout: Layout, name: EntryName) -> SaveResult:
-        started = time.monotonic()
-        result = SaveResult()
-        snapshot = take_snapshot(layout)
-        if not snapshot.blobs:
-            result.skipped_reason = "the cache is empty"
-        elif snapshot.fingerprint() == restored_fingerprint(layout, name.prefix):
-            result.skipped_reason = "nothing changed since the restore"
-        if result.skipped_reason is None:
-            self._save(layout, name, snapshot, result)
-        if result.saved:
-            record_restored(layout, [result.key], saved_to=name.prefix, snapshot=snapshot)
-        result.seconds = time.monotonic() - started
-        return result
+    def _put(
+        self, storage: Storage, name: EntryName, snapshot: Snapshot, result: SaveResult
+    ) -> None:
+        self._save(storage.layout, name, snapshot, result)
 
     def _save(
         self, layout: Layout, name: EntryName, snapshot: Snapshot, result: SaveResult
@@ -158,7 +122,7 @@ class GhaStore:
             result.skipped_reason = f"the cache is read-only here ({error})"
             return
         saved = {"created_at": snapshot.created_at, "key": key}
-        write_atomic(layout.meta_dir / SAVED_FILE, json.dumps(saved).encode())
+        write_atomic(layout.saved_path, json.dumps(saved).encode())
         upload = self.client.start_upload(target)
         try:  # the archive goes straight into the upload: no archive file
             write_archive(
@@ -176,7 +140,7 @@ class GhaStore:
         result.saved = True
         result.key = key
         result.blobs_uploaded = len(snapshot.blobs)
-        self._delete_superseded(name, key)
+        self._delete_superseded(name, key, result)
         self._check_quota(result)
 
     def _check_quota(self, result: SaveResult) -> None:
@@ -197,11 +161,14 @@ class GhaStore:
                 "or raise the repository's cache limit."
             )
 
-    def _delete_superseded(self, name: EntryName, key: str) -> None:
+    def _delete_superseded(self, name: EntryName, key: str, result: SaveResult) -> None:
         if self.management is None or not self.github_ref:
             return
         try:
             deleted = self.management.delete_superseded(name.prefix, key, self.github_ref)
+        except CleanupDeniedError as error:
+            result.warnings.append(str(error))  # the stages make it an annotation
+            return
         except Exception as error:
             log.warning("could not delete superseded cache entries: %s", error)
             return
@@ -261,7 +228,7 @@ def _saved_at(extracted: Layout) -> float:
     when a root we once saved was archived again."""
     recorded = 0.0
     try:
-        document = json.loads((extracted.meta_dir / SAVED_FILE).read_bytes())
+        document = json.loads(extracted.saved_path.read_bytes())
         recorded = float(document["created_at"])
     except (OSError, ValueError, TypeError, KeyError):
         pass
@@ -271,12 +238,14 @@ def _saved_at(extracted: Layout) -> float:
 
 
 def _linker(source: Layout) -> BlobFetcher:
-    """Blobs come from the extracted tree on the same filesystem: link, do not copy."""
+    """Blobs come from the extracted tree on the same filesystem: link, do not copy (the
+    archive's bytes were counted as it downloaded)."""
 
-    def fetch(digest: Digest, target: Path) -> None:
+    def fetch(digest: Digest, target: Path) -> int:
         found = source.find_blob(digest)
         if found is None:
             raise StoreError(f"the cache entry lacks blob {digest}")
         os.link(found, target)
+        return 0
 
     return fetch

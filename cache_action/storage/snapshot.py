@@ -19,22 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache_action.errors import OCIError
-from cache_action.storage.access import SECTIONS, AccessRecord
-from cache_action.storage.blobs import BlobStore
+from cache_action.errors import OCIError, StoreError
+from cache_action.storage.access import SECTIONS
 from cache_action.storage.digests import Digest
 from cache_action.storage.files import temp_name, write_atomic
 from cache_action.storage.gc import missing_closure
-from cache_action.storage.index import Descriptor, IndexStore, RepositoryIndex, tag_of
+from cache_action.storage.index import Descriptor, RepositoryIndex, tag_of
 from cache_action.storage.inventory import blob_files
 from cache_action.storage.layout import Layout, validate_name
-from cache_action.stores.base import StoreError
+from cache_action.storage.root import Storage
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cache-action/snapshot/v1"
-RESTORED_FILE = "restored.json"
-BlobFetcher = Callable[[Digest, Path], None]  # writes the blob's bytes to the given path
+# Writes the blob's bytes to the given path; returns how many it downloaded (0: a local link).
+BlobFetcher = Callable[[Digest, Path], int]
 
 
 @dataclass
@@ -84,26 +83,26 @@ class Snapshot:
             raise StoreError(f"corrupt cache entry manifest: {error}") from None
 
 
-def take_snapshot(layout: Layout) -> Snapshot:
-    indexes = IndexStore(layout)
+def take_snapshot(storage: Storage) -> Snapshot:
+    layout = storage.layout
     repositories: dict[str, dict[str, Any]] = {}
     blobs: dict[str, int] = {}
     for name in layout.repositories():
-        index = indexes.read(name) or RepositoryIndex([])
+        index = storage.indexes.read(name) or RepositoryIndex([])
         held = []
         for path in blob_files(layout.repository(name) / "blobs"):
             digest = f"{path.parent.name}:{path.name}"
             blobs[digest] = path.stat().st_size
             held.append(digest)
         repositories[name] = {"manifests": index.manifests, "blobs": sorted(held)}
-    access = AccessRecord.load(layout).times
+    access = {section: dict(times) for section, times in storage.access.times.items()}
     return Snapshot(time.time(), repositories, blobs, access)
 
 
 @dataclass
 class ApplyReport:
     blobs_fetched: int = 0
-    bytes_fetched: int = 0
+    bytes_fetched: int = 0  # downloaded by the fetchers (links into an extracted tree are 0)
     tags_dropped: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)  # digests whose stored copy is bad
 
@@ -113,19 +112,18 @@ class CorruptBlobError(StoreError):
 
 
 def apply_snapshots(
-    layout: Layout, sources: Sequence[tuple[Snapshot, BlobFetcher]], workers: int = 8
+    storage: Storage, sources: Sequence[tuple[Snapshot, BlobFetcher]], workers: int = 8
 ) -> ApplyReport:
     """Merge `sources` (oldest first) into the root; fetch only blobs it lacks, verified."""
-    layout.create()
+    layout = storage.layout
     report = ApplyReport()
-    blobs = BlobStore(layout, IndexStore(layout))
     owner: dict[str, tuple[int, BlobFetcher]] = {}
     for snapshot, fetch in sources:
         for digest, size in snapshot.blobs.items():
             owner[digest] = (size, fetch)
     missing = [d for d in owner if not layout.pool_blob(Digest.parse(d)).is_file()]
 
-    def fetch_one(digest_text: str) -> int | StoreError | OSError:
+    def fetch_one(digest_text: str) -> tuple[int, int] | StoreError | OSError:
         size, fetch = owner[digest_text]
         try:
             return _fetch_verified(layout, Digest.parse(digest_text), size, fetch)
@@ -134,21 +132,24 @@ def apply_snapshots(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for digest_text, fetched in zip(missing, pool.map(fetch_one, missing), strict=True):
-            if isinstance(fetched, int):
+            if isinstance(fetched, tuple):
                 report.blobs_fetched += 1
-                report.bytes_fetched += fetched
+                report.bytes_fetched += fetched[1]
                 continue
             log.warning("could not restore blob %s: %s", digest_text, fetched)
             if isinstance(fetched, CorruptBlobError):
                 report.corrupt.append(digest_text)
-    for name, manifests in _merged_indexes(layout, [s for s, _ in sources]).items():
-        report.tags_dropped += _install_repository(layout, blobs, name, manifests, sources)
-    _merge_access(layout, [s for s, _ in sources])
+    for name, manifests in _merged_indexes(storage, [s for s, _ in sources]).items():
+        report.tags_dropped += _install_repository(storage, name, manifests, sources)
+    _merge_access(storage, [s for s, _ in sources])
     return report
 
 
-def _fetch_verified(layout: Layout, digest: Digest, size: int, fetch: BlobFetcher) -> int:
-    """Fetch into a temp file, check size and digest, then publish into the pool.
+def _fetch_verified(
+    layout: Layout, digest: Digest, size: int, fetch: BlobFetcher
+) -> tuple[int, int]:
+    """Fetch into a temp file, check size and digest, then publish into the pool. Returns
+    (the blob's size, the bytes downloaded).
 
     No fsync: the root is this job's own, a rename never exposes a partial file, and a power
     loss ends the job anyway; forcing 1 GB to disk here would stall the restore by seconds."""
@@ -156,7 +157,7 @@ def _fetch_verified(layout: Layout, digest: Digest, size: int, fetch: BlobFetche
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(target)
     try:
-        fetch(digest, tmp)
+        downloaded = fetch(digest, tmp)
         hasher = digest.hasher()
         with open(tmp, "rb") as f:
             while block := f.read(1 << 20):
@@ -168,13 +169,13 @@ def _fetch_verified(layout: Layout, digest: Digest, size: int, fetch: BlobFetche
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return size
+    return size, downloaded
 
 
-def _merged_indexes(layout: Layout, snapshots: Sequence[Snapshot]) -> dict[str, list[Descriptor]]:
+def _merged_indexes(storage: Storage, snapshots: Sequence[Snapshot]) -> dict[str, list[Descriptor]]:
     """Per repository: what the root has, then each snapshot in order; later tags win."""
-    indexes = IndexStore(layout)
-    names = set(layout.repositories())
+    indexes = storage.indexes
+    names = set(storage.layout.repositories())
     for snapshot in snapshots:
         names |= snapshot.repositories.keys()
     merged: dict[str, list[Descriptor]] = {}
@@ -195,13 +196,13 @@ def _merged_indexes(layout: Layout, snapshots: Sequence[Snapshot]) -> dict[str, 
 
 
 def _install_repository(
-    layout: Layout,
-    blobs: BlobStore,
+    storage: Storage,
     name: str,
     manifests: list[Descriptor],
     sources: Sequence[tuple[Snapshot, BlobFetcher]],
 ) -> list[str]:
     """Link the repository's blobs, then write its index with only complete tags."""
+    layout, blobs = storage.layout, storage.blobs
     try:
         validate_name(name)
     except OCIError:
@@ -226,13 +227,13 @@ def _install_repository(
                 dropped.append(f"{name}:{tag}")
             continue
         kept.append(entry)
-    IndexStore(layout).ensure(name)
+    storage.indexes.ensure(name)
     write_atomic(layout.index_path(name), RepositoryIndex(kept).to_bytes())
     return dropped
 
 
-def _merge_access(layout: Layout, snapshots: Sequence[Snapshot]) -> None:
-    record = AccessRecord.load(layout)
+def _merge_access(storage: Storage, snapshots: Sequence[Snapshot]) -> None:
+    record = storage.access
     for snapshot in snapshots:
         for section in SECTIONS:
             for key, value in (snapshot.access.get(section) or {}).items():
@@ -244,22 +245,25 @@ def _merge_access(layout: Layout, snapshots: Sequence[Snapshot]) -> None:
 
 
 def record_restored(
-    layout: Layout, keys: list[str], saved_to: str | None = None, snapshot: Snapshot | None = None
+    storage: Storage,
+    keys: list[str],
+    saved_to: str | None = None,
+    snapshot: Snapshot | None = None,
 ) -> None:
     """Remember what the root looked like right after restore (or after a save to the entry
     prefix `saved_to`), to skip a no-op save."""
-    fingerprint = (snapshot or take_snapshot(layout)).fingerprint()
+    fingerprint = (snapshot or take_snapshot(storage)).fingerprint()
     document: dict[str, Any] = {"keys": keys, "fingerprint": fingerprint}
     if saved_to is not None:
         document["saved_to"] = saved_to
-    write_atomic(layout.meta_dir / RESTORED_FILE, json.dumps(document).encode())
+    write_atomic(storage.layout.restored_path, json.dumps(document).encode())
 
 
 def restored_fingerprint(layout: Layout, prefix: str) -> str | None:
     """The fingerprint a save to `prefix` may skip on: the restored content (if a restore
     found anything), or what was last saved to that same prefix."""
     try:
-        document = json.loads((layout.meta_dir / RESTORED_FILE).read_bytes())
+        document = json.loads(layout.restored_path.read_bytes())
     except (FileNotFoundError, ValueError):
         return None
     if not isinstance(document, dict):
