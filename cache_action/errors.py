@@ -3,6 +3,8 @@
 CacheActionError            anything this package reports to a user
 ├── InputError              a setting (flag, input, env var) has a value we do not accept
 ├── RootLockedError         another process is serving or pruning the same root
+├── StoreError              a store failed: callers warn and go on cold
+│   └── StoreFullError      the store refuses writes: its quota or its disk is used up
 └── OCIError                a registry-level failure, named by its OCI distribution-spec code
 """
 
@@ -33,6 +35,11 @@ class RootLockedError(CacheActionError):
 class StoreError(CacheActionError):
     """A store failed (network, auth, quota, corrupt data): the caller warns and goes on cold,
     unless strict mode is set."""
+
+
+class StoreFullError(StoreError):
+    """The store refuses new data because it is full (a quota, or no space left); the
+    message says what to free or raise. Nothing is gained by retrying."""
 
 
 class RegistryStartError(CacheActionError):

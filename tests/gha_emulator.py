@@ -17,8 +17,11 @@
 - Archives live in Azurite: signed upload/download URLs are blob SAS URLs for
   devstoreaccount1. Downloads can instead be served through this server (`proxy_downloads`),
   which supports HEAD and Range like blob storage, and can cut responses short.
+- Uploads can go through this server too (`proxy_uploads`, set by `fail_uploads`), which
+  forwards them to Azurite unless a fault answers first.
 - Faults: `fail(status, count, methods=..., retry_after=...)` answers the next calls with an
-  error (status 0 drops the connection without an answer); `truncate_downloads(n)`.
+  error (status 0 drops the connection without an answer); `fail_uploads(...)` the same for
+  the blob writes (`PutBlob`, `PutBlock`, `PutBlockList`); `truncate_downloads(n)`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import shutil
 import stat
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +53,7 @@ from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.transfer import TransferOptions
-from cache_action.stores.gha.transport import RetryPolicy
+from cache_action.stores.retry import RetryPolicy
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
 from tests.http_fake import serve_in_thread, shut_down
 
@@ -137,7 +142,9 @@ class CacheEmulator:
         self.entries: list[Entry] = []
         self.calls: list[Call] = []
         self.downloads: list[tuple[str, str | None, int]] = []  # method, Range, status
+        self.uploads: list[tuple[str, int]] = []  # PutBlob/PutBlock/PutBlockList, status
         self.proxy_downloads = False
+        self.proxy_uploads = False
         self._faults: list[Fault] = []
         self._truncate: int | None = 0
         self._lock = threading.Lock()
@@ -201,6 +208,19 @@ class CacheEmulator:
                     message,
                 )
             )
+
+    def fail_uploads(
+        self,
+        status: int,
+        count: int = 1,
+        *,
+        methods: Iterable[str] = ("PutBlob", "PutBlock", "PutBlockList"),
+        retry_after: str | int | None = None,
+    ) -> None:
+        """Send uploads through this server; answer the next `count` blob writes of `methods`
+        with `status` (0 = drop the connection), as blob storage answers errors."""
+        self.proxy_uploads = True
+        self.fail(status, count, methods=methods, retry_after=retry_after, message="ServerBusy")
 
     def truncate_downloads(self, count: int | None) -> None:
         """Serve downloads through this server; cut the next `count` GETs short (None: all)."""
@@ -271,6 +291,8 @@ class CacheEmulator:
 
     def upload_url(self, entry: Entry) -> str:
         sas = self._sas(entry.blob, write=True)
+        if self.proxy_uploads:  # the same path as Azurite's: the SDK reads the account from it
+            return f"http://127.0.0.1:{self.port}/{ACCOUNT}/{self.container}/{entry.blob}?{sas}"
         return f"{self.azurite.blob_endpoint}/{self.container}/{entry.blob}?{sas}"
 
     def download_url(self, entry: Entry) -> str:
@@ -384,6 +406,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404)
 
+    def do_PUT(self) -> None:
+        if urlsplit(self.path).path.startswith(f"/{ACCOUNT}/"):
+            self._blob_write()
+        else:
+            self._body()
+            self._send(404)
+
     def do_PATCH(self) -> None:
         path = urlsplit(self.path).path
         if path.startswith(self.owner.v1_prefix + "_apis/artifactcache/"):
@@ -391,6 +420,45 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._body()
             self._send(404)
+
+    def _blob_write(self) -> None:
+        """A blob write, answered by a fault or forwarded to Azurite."""
+        data = self._body()
+        comp = parse_qs(urlsplit(self.path).query).get("comp", [""])[0]
+        api = {"block": "PutBlock", "blocklist": "PutBlockList"}.get(comp, "PutBlob")
+        owner = self.owner
+        fault = owner._take_fault(api)
+        if fault is not None:
+            with owner._lock:
+                owner.uploads.append((api, fault.status))
+            if fault.status == 0:
+                self._drop()
+                return
+            body = (
+                b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+                b"<Message>injected failure</Message></Error>"
+            )
+            headers = {"Content-Type": "application/xml", "x-ms-error-code": "ServerBusy"}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = fault.retry_after
+            self._send(fault.status, body, headers)
+            return
+        origin = owner.azurite.blob_endpoint.removesuffix(f"/{ACCOUNT}")
+        skip = {"host", "content-length", "connection"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+        request = urllib.request.Request(
+            origin + self.path, data=data, method="PUT", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status, answer_headers, answer_body = answer.status, answer.headers, answer.read()
+        except urllib.error.HTTPError as error:
+            status, answer_headers, answer_body = error.code, error.headers, error.read()
+        with owner._lock:
+            owner.uploads.append((api, status))
+        skip |= {"transfer-encoding", "date", "server"}
+        kept = {k: v for k, v in answer_headers.items() if k.lower() not in skip}
+        self._send(status, answer_body, kept)
 
     # --- v2 ---
 
@@ -679,8 +747,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 # --- helpers for the tests ------------------------------------------------------------
 
-FAST_RETRIES = RetryPolicy(attempts=5, base_delay=0.01, max_rate_limit_wait=5.0)
-FAST_TRANSFER = TransferOptions(attempts=3, base_delay=0.01, timeout=10.0)
+FAST_RETRIES = RetryPolicy(attempts=5, base_delay=0.01, max_retry_after=5.0)
+FAST_TRANSFER = TransferOptions(retry=RetryPolicy(attempts=3, base_delay=0.01, timeout=10.0))
 BRANCH = "refs/heads/feature"
 DEFAULT_BRANCH = "refs/heads/main"
 

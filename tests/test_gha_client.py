@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from cache_action.errors import InputError
+from cache_action.errors import InputError, StoreFullError
 from cache_action.stores.gha.archive import create_archive
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.config import GhaCacheConfig
@@ -36,6 +36,7 @@ from cache_action.stores.gha.legacy import LegacyCacheService
 from cache_action.stores.gha.redact import redact, url_secrets
 from cache_action.stores.gha.transfer import TransferOptions
 from cache_action.stores.gha.version import cache_version, paths_from_input
+from cache_action.stores.retry import RetryPolicy
 from tests.conftest import require_tool
 from tests.gha_emulator import (
     BRANCH,
@@ -443,7 +444,9 @@ def test_save_and_restore_round_trip(emulator: CacheEmulator, tmp_path: Path) ->
 
 
 def test_round_trip_of_a_multi_block_archive(emulator: CacheEmulator, tmp_path: Path) -> None:
-    client = make_client(emulator, transfer=TransferOptions(attempts=3, base_delay=0.01))
+    client = make_client(
+        emulator, transfer=TransferOptions(retry=RetryPolicy(attempts=3, base_delay=0.01))
+    )
     block = client.transfer.block_size
     workspace = tmp_path / "ws"
     build_tree(workspace, big=2 * block + 5 * MiB)
@@ -613,6 +616,88 @@ def test_quota_exhausted_is_reported(emulator: CacheEmulator) -> None:
         client.reserve("k", client.version(PATHS))
 
 
+@pytest.mark.parametrize("status", [403, 429, 500])
+def test_a_full_cache_is_a_store_full_error_and_never_retried(
+    emulator: CacheEmulator, status: int
+) -> None:
+    client = make_client(emulator)
+    message = "insufficient usage to create cache entry"
+    emulator.fail(status, count=5, methods=["CreateCacheEntry"], message=message, retry_after=0)
+    with pytest.raises(StoreFullError, match="delete caches") as caught:
+        client.reserve("k", client.version(PATHS))
+    assert isinstance(caught.value, QuotaError) and isinstance(caught.value, GhaCacheError)
+    assert "10 GB" in str(caught.value) and message in str(caught.value)
+    assert len(emulator.calls_of("CreateCacheEntry")) == 1  # as @actions/cache: no retry
+
+
+def test_a_full_cache_on_the_legacy_service(emulator: CacheEmulator) -> None:
+    env = gha_env(emulator, ACTIONS_CACHE_URL=emulator.v1_url)
+    env["GITHUB_SERVER_URL"] = "https://ghes.example.com"
+    client = GhaCacheClient(GhaCacheConfig.from_env(env), policy=FAST_RETRIES)
+    emulator.fail(400, methods=["reserveCache"], message="insufficient usage")
+    with pytest.raises(QuotaError, match="quota") as caught:
+        client.reserve("v1-key", client.version(PATHS))
+    assert isinstance(caught.value, StoreFullError)
+    assert [call.status for call in emulator.calls_of("reserveCache")] == [400]
+
+
+# --- blob writes ----------------------------------------------------------------------------
+
+
+def test_blocks_and_the_block_list_are_retried_by_the_policy(
+    emulator: CacheEmulator, tmp_path: Path
+) -> None:
+    retry = RetryPolicy(attempts=3, base_delay=0.01)
+    transfer = TransferOptions(block_size=MiB, upload_concurrency=2, retry=retry)
+    client = make_client(emulator, transfer=transfer)
+    workspace = tmp_path / "ws"
+    build_tree(workspace, big=3 * MiB)
+    emulator.fail_uploads(503, count=2, methods=["PutBlock"], retry_after=0)
+    emulator.fail_uploads(0, count=1, methods=["PutBlock"])  # a dropped connection
+    emulator.fail_uploads(500, count=2, methods=["PutBlockList"])
+    save_tree(client, workspace, "blocks", tmp_path)
+    blocks = [status for api, status in emulator.uploads if api == "PutBlock"]
+    assert sorted(set(blocks)) == [0, 201, 503] and blocks.count(503) == 2
+    committed = emulator.blob_client(emulator.finalized()[0]).get_block_list("committed")[0]
+    assert blocks.count(201) == len(committed) >= 4
+    lists = [status for api, status in emulator.uploads if api == "PutBlockList"]
+    assert lists == [500, 500, 201]
+    restored = fresh_dir(tmp_path / "restored")
+    assert client.restore("blocks", [], PATHS, restored) is not None
+    assert snapshot(restored) == snapshot(workspace, exclude=(UPLOADS,))
+
+    # a block refused every time: the save fails after the policy's attempts, not the SDK's
+    emulator.fail_uploads(503, count=10, methods=["PutBlock"])
+    emulator.uploads.clear()
+    with pytest.raises(TransferError, match="failed after 3 attempts: HTTP 503"):
+        save_tree(client, workspace, "blocks-2", tmp_path)
+    assert emulator.uploads.count(("PutBlock", 503)) <= 3 * 2  # two blocks in flight at most
+
+
+def test_put_blob_is_retried_and_refusals_are_final(
+    emulator: CacheEmulator, tmp_path: Path
+) -> None:
+    client = make_client(emulator)  # FAST_TRANSFER: 3 attempts
+    workspace = tmp_path / "ws"
+    build_tree(workspace)
+    emulator.fail_uploads(500, count=1, methods=["PutBlob"])
+    emulator.fail_uploads(429, count=1, methods=["PutBlob"], retry_after=0)
+    save_tree(client, workspace, "one", tmp_path)
+    assert emulator.uploads == [("PutBlob", 500), ("PutBlob", 429), ("PutBlob", 201)]
+
+    emulator.uploads.clear()
+    emulator.fail_uploads(503, count=3, methods=["PutBlob"])
+    with pytest.raises(TransferError, match="failed after 3 attempts: HTTP 503"):
+        save_tree(client, workspace, "two", tmp_path)
+    assert emulator.uploads == [("PutBlob", 503)] * 3
+
+    emulator.uploads.clear()
+    emulator.fail_uploads(403, count=1, methods=["PutBlob"])
+    with pytest.raises(TransferError, match="HTTP 403"):
+        save_tree(client, workspace, "three", tmp_path)
+    assert emulator.uploads == [("PutBlob", 403)]
+
+
 # --- downloads ------------------------------------------------------------------------------
 
 
@@ -642,7 +727,9 @@ def test_download_uses_parallel_ranges(emulator: CacheEmulator, tmp_path: Path) 
     data = os.urandom(9 * MiB + 123)
     emulator.put_entry(BRANCH, "k", cache_version(PATHS), data)
     emulator.proxy_downloads = True
-    transfer = TransferOptions(min_part=2 * MiB, max_part=2 * MiB, attempts=2, base_delay=0.01)
+    transfer = TransferOptions(
+        min_part=2 * MiB, max_part=2 * MiB, retry=RetryPolicy(attempts=2, base_delay=0.01)
+    )
     client = make_client(emulator, transfer=transfer)
     match = client.lookup("k", [], PATHS)
     assert match is not None

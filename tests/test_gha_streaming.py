@@ -25,6 +25,7 @@ from cache_action.stores.gha.extract import ZstdFrameCheck
 from cache_action.stores.gha.store import GhaStore
 from cache_action.stores.gha.transfer import TransferOptions
 from cache_action.stores.gha.upload import BlockPipeline
+from cache_action.stores.retry import RetryPolicy
 from tests.gha_emulator import (
     BRANCH,
     CacheEmulator,
@@ -127,7 +128,10 @@ def test_restore_extracts_while_downloading_in_bounded_memory(
 ) -> None:
     workspace = _saved_entry(emulator, tmp_path, big=24 * MiB)
     transfer = TransferOptions(
-        min_part=MiB, max_part=MiB, download_window=3, attempts=2, base_delay=0.01
+        min_part=MiB,
+        max_part=MiB,
+        download_window=3,
+        retry=RetryPolicy(attempts=2, base_delay=0.01),
     )
     client = make_client(emulator, transfer=transfer)
     restored = fresh_dir(tmp_path / "restored")
@@ -148,7 +152,9 @@ def test_a_download_that_fails_midway_leaves_the_destination_untouched(
     emulator: CacheEmulator, tmp_path: Path
 ) -> None:
     _saved_entry(emulator, tmp_path, big=6 * MiB)
-    transfer = TransferOptions(min_part=MiB, max_part=MiB, attempts=2, base_delay=0.01)
+    transfer = TransferOptions(
+        min_part=MiB, max_part=MiB, retry=RetryPolicy(attempts=2, base_delay=0.01)
+    )
     client = make_client(emulator, transfer=transfer)
     restored = fresh_dir(tmp_path / "restored")
     (restored / "mine").write_text("kept\n")

@@ -1,4 +1,9 @@
-"""The S3 backend (AWS or any S3-compatible server): boto3, parallel multipart transfers."""
+"""The S3 backend (AWS or any S3-compatible server): boto3, parallel multipart transfers.
+
+Requests are retried by `cache_action.stores.retry`'s policy inside botocore's loop (one
+request at a time, so one part of a multipart transfer, not the whole file); a full bucket
+(see `cache_action.stores.full`) is a StoreFullError that says what to free.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +20,46 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cache_action.storage.digests import Digest
 from cache_action.stores.base import StoreError
 from cache_action.stores.content import StoredObject
+from cache_action.stores.full import S3_ADVICE, full_error, is_full
+from cache_action.stores.retry import (
+    TRANSFER_POLICY,
+    RetryPolicy,
+    botocore_config,
+    botocore_retry_handler,
+)
 from cache_action.stores.spec import S3Spec
 
 PART_BYTES = 64 * 1024 * 1024
 
 
 def _fail(action: str, error: Exception) -> StoreError:
+    answer = _client_error(error)
+    if answer is not None:
+        details = answer.response.get("Error", {})
+        code = str(details.get("Code") or "")
+        status = answer.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = str(details.get("Message") or "")
+        if is_full(status, code, message):
+            return full_error(f"S3 {action} failed", S3_ADVICE, f"HTTP {status} {code}: {message}")
     return StoreError(f"S3 {action} failed: {error}")
 
 
+def _client_error(error: BaseException | None) -> ClientError | None:
+    """The server's answer behind a boto3 error: boto3's transfer errors wrap the ClientError
+    of the request that failed (as the exception they were raised from)."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, ClientError):
+            return error
+        error = getattr(error, "last_exception", None) or error.__cause__ or error.__context__
+        seen += 1
+    return None
+
+
 class S3Backend:
-    def __init__(self, settings: S3Spec, workers: int = 8) -> None:
+    def __init__(
+        self, settings: S3Spec, workers: int = 8, policy: RetryPolicy = TRANSFER_POLICY
+    ) -> None:
         self.settings = settings
         self.description = f"s3://{settings.bucket}/{settings.prefix}"
         self.client: Any = boto3.session.Session().client(
@@ -37,16 +71,16 @@ class S3Backend:
             aws_session_token=settings.session_token,
             config=Config(
                 # A silent endpoint gives up in minutes, not ten: 5 tries of 30 s reads.
-                connect_timeout=10,
-                read_timeout=30,
-                retries={"max_attempts": 5, "mode": "adaptive"},
+                **botocore_config(policy),
                 max_pool_connections=max(10, workers * 4),
             ),
         )
+        self.client.meta.events.register("needs-retry.s3", botocore_retry_handler(policy))
         self.transfer = TransferConfig(
             multipart_threshold=PART_BYTES,
             multipart_chunksize=PART_BYTES,
             max_concurrency=4,
+            num_download_attempts=policy.attempts,  # a body that broke after the answer
         )
 
     def _key(self, key: str) -> str:

@@ -6,7 +6,7 @@ keys      key validation (length, commas, count)
 twirp     v2: CreateCacheEntry, FinalizeCacheEntryUpload, GetCacheEntryDownloadURL
 legacy    v1: `_apis/artifactcache` lookup, reserve, PATCH upload, commit
 service   Match, UploadTarget and the CacheService protocol both implement
-transport one HTTP request (urllib) and the retry loop (5xx, connection errors, 429)
+transport one HTTP request (urllib); cache_action.stores.retry retries it
 transfer  upload to / download from the signed blob URL
 redact    `redact(url)`: a signed URL's `sig` never reaches a log
 archive   pax tar + zstd, streamed; safe extraction

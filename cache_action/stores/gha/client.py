@@ -28,10 +28,10 @@ from cache_action.stores.gha.keys import validate_key, validate_keys
 from cache_action.stores.gha.legacy import LegacyCacheService
 from cache_action.stores.gha.service import CacheService, Match, UploadTarget
 from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions
-from cache_action.stores.gha.transport import DEFAULT_POLICY, RetryPolicy
 from cache_action.stores.gha.twirp import TwirpCacheService
 from cache_action.stores.gha.upload import ArchiveUpload, feed_file
 from cache_action.stores.gha.version import ZSTD_WITHOUT_LONG, cache_version
+from cache_action.stores.retry import DEFAULT_POLICY, RetryPolicy
 
 log = logging.getLogger("cache_action.stores.gha")
 

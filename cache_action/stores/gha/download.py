@@ -7,10 +7,10 @@ arrives, so download and extraction overlap and the archive never touches the di
 (extraction took 4.5 s instead of 2 s here). Memory stays bounded by the parts in flight
 (`TransferOptions.download_window` parts of at most `max_part` bytes), whatever the blob size.
 
-Each part has its own socket timeout and retries, and a short response is resumed from where it
-stopped. A part that cannot be completed raises TransferError from `read`; nothing partial is
-ever handed on as complete. Plain GETs with `Range` work the same against Azure, Azurite and any
-HTTP server, so no SDK is needed on this side.
+Each part has its own socket timeout and retries (`cache_action.stores.retry`), and a short
+response is resumed from where it stopped. A part that cannot be completed raises TransferError
+from `read`; nothing partial is ever handed on as complete. Plain GETs with `Range` work the
+same against Azure, Azurite and any HTTP server, so no SDK is needed on this side.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from cache_action.stores.gha.transfer import (
     TransferOptions,
     error_text,
     read_headers,
-    retryable,
 )
 from cache_action.stores.gha.transport import send, stream
+from cache_action.stores.retry import Retry, check_status, retry_call
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -148,42 +148,40 @@ class BlobReader(io.RawIOBase):
 
 def _remote_size(url: str, options: TransferOptions) -> int:
     """Content-Length from HEAD; a server that refuses HEAD is asked for a one-byte range."""
-    problem = ""
-    for attempt in range(options.attempts):
-        if attempt:
-            time.sleep(options.delay(attempt - 1))
-        try:
-            size, problem, again = _probe_size(url, options)
-        except (OSError, http.client.HTTPException) as error:
-            size, problem, again = None, f"connection error: {redact_text(str(error))}", True
-        if size is not None:
-            return size
-        if not again:
-            break
-    raise TransferError(f"cannot read the size of {redact(url)}: {problem}")
+
+    def gave_up(_tries: int, problem: str) -> TransferError:
+        return TransferError(f"cannot read the size of {redact(url)}: {problem}")
+
+    return retry_call(
+        f"size of {redact(url)}",
+        lambda: _probe_size(url, options),
+        options.retry,
+        exhausted=gave_up,
+    )
 
 
-def _probe_size(url: str, options: TransferOptions) -> tuple[int | None, str, bool]:
-    """(size, problem, retryable)."""
+def _probe_size(url: str, options: TransferOptions) -> int:
     head = send("HEAD", url, headers=read_headers(), timeout=options.timeout)
     length = head.header("Content-Length")
     if head.ok and length is not None and length.isdigit():
-        return int(length), "", False
-    if retryable(head.status):
-        return None, f"HEAD: HTTP {head.status} {head.reason}", True
+        return int(length)
+    check_status(head.status, f"{head.reason} (HEAD)", head.header("Retry-After"))
     probe = send(
         "GET", url, headers={**read_headers(), "Range": "bytes=0-0"}, timeout=options.timeout
     )
     match = _CONTENT_RANGE.fullmatch(probe.header("Content-Range") or "")
     if probe.status == 206 and match and match.group(3) != "*":
-        return int(match.group(3)), "", False
+        return int(match.group(3))
     if probe.status == 416:  # an empty blob has no byte 0
-        return 0, "", False
+        return 0
     length = probe.header("Content-Length")
     if probe.status == 200 and length is not None and length.isdigit():
-        return int(length), "", False
-    problem = f"HTTP {probe.status} {probe.reason}: {error_text(probe)}"
-    return None, problem, retryable(probe.status)
+        return int(length)
+    check_status(probe.status, f"{probe.reason}: {error_text(probe)}", probe.header("Retry-After"))
+    raise TransferError(
+        f"cannot read the size of {redact(url)}: HTTP {probe.status} {probe.reason}: "
+        f"{error_text(probe)}"
+    )
 
 
 # --- one part -----------------------------------------------------------------------------
@@ -201,35 +199,28 @@ def _fetch_part(
     stopped."""
     end = start + len(view)
     position = start
-    problem = ""
-    for attempt in range(options.attempts):
+
+    def attempt() -> memoryview:
+        nonlocal position
         if stopped():
             raise TransferError("download cancelled")
-        if attempt:
-            time.sleep(options.delay(attempt - 1))
         try:
             position = _read_range(url, view, start, position, end, size, options)
         except _RangeRefused as error:
             raise TransferError(f"download of {redact(url)} failed: {error}") from None
         except _ShortRead as error:
-            position, problem = error.position, str(error)
-        except (OSError, http.client.HTTPException) as error:
-            problem = redact_text(str(error)) or type(error).__name__
-        if position >= end:
-            return view
-        log.info(
-            "download range %d-%d: attempt %d of %d stopped at byte %d (%s)",
-            start,
-            end - 1,
-            attempt + 1,
-            options.attempts,
-            position,
-            problem,
+            position = error.position
+            raise Retry(f"{error} (stopped at byte {position})") from None
+        return view
+
+    def gave_up(tries: int, problem: str) -> TransferError:
+        return TransferError(
+            f"download of {redact(url)} failed: bytes {start}-{end - 1} incomplete after "
+            f"{tries} attempts ({problem})"
         )
-    raise TransferError(
-        f"download of {redact(url)} failed: bytes {start}-{end - 1} incomplete after "
-        f"{options.attempts} attempts ({problem})"
-    )
+
+    what = f"download range {start}-{end - 1}"
+    return retry_call(what, attempt, options.retry, exhausted=gave_up)
 
 
 class _ShortRead(Exception):
@@ -257,8 +248,7 @@ def _read_range(
     returns the position reached."""
     headers = {**read_headers(), "Range": f"bytes={position}-{end - 1}"}
     with stream("GET", url, headers=headers, timeout=options.timeout) as response:
-        if retryable(response.status):
-            raise _ShortRead(f"HTTP {response.status} {response.reason}", position)
+        check_status(response.status, response.reason, response.headers.get("Retry-After"))
         _check_range_answer(
             response.status, response.headers.get("Content-Range", ""), position, end, size
         )

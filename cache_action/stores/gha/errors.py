@@ -5,21 +5,21 @@ StoreError (cache_action.errors): every one of these; callers warn and go on col
 GhaCacheError            the cache service or a transfer failed: warn, go on without the cache
 ├── EntryExistsError     the key+version already exists in this scope (another job saved it)
 ├── WriteDeniedError     the token or ACTIONS_CACHE_MODE does not permit writes
-├── RateLimitedError     HTTP 429 for longer than we are willing to wait
-├── QuotaError           the repository's cache storage quota is used up
+├── QuotaError           the repository's cache storage quota is used up (a StoreFullError)
 └── TransferError        an upload or download to the signed URL failed or came back short
+RateLimitedError         HTTP 429 for longer than we are willing to wait (stores.retry's)
 UnsafeArchiveError       an archive member would escape the destination or is not allowed
 GhaConfigError           the environment lacks what the cache service needs
 """
 
 from __future__ import annotations
 
-from cache_action.errors import StoreError
+from cache_action.errors import StoreError, StoreFullError
+from cache_action.stores.retry import RateLimitedError as RateLimitedError  # named here too
 
 # What the service's messages start with or contain, on both protocols.
 WRITE_DENIED = "cache write denied:"
 READ_DENIED = "cache read denied:"
-USAGE_EXHAUSTED = "insufficient usage"
 
 
 class GhaCacheError(StoreError):
@@ -39,13 +39,7 @@ class WriteDeniedError(GhaCacheError):
     """`cache write denied:` from the service (read-only token), or a read-only cache mode."""
 
 
-class RateLimitedError(GhaCacheError):
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class QuotaError(GhaCacheError):
+class QuotaError(StoreFullError, GhaCacheError):
     """The service said `insufficient usage`: the repository's cache storage is full."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from cache_action.stores.full import GITHUB_ADVICE, full_error, is_full
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import (
     READ_DENIED,
@@ -27,14 +28,15 @@ from cache_action.stores.gha.errors import (
 )
 from cache_action.stores.gha.redact import redact_text
 from cache_action.stores.gha.service import Match, UploadTarget
-from cache_action.stores.gha.transport import (
-    DEFAULT_POLICY,
-    Response,
-    RetryPolicy,
-    send,
-    with_retries,
-)
+from cache_action.stores.gha.transport import Response, send
 from cache_action.stores.gha.upload import ArchiveUpload, BlockPipeline
+from cache_action.stores.retry import (
+    DEFAULT_POLICY,
+    RetryPolicy,
+    check_status,
+    failed_after,
+    retry_call,
+)
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -122,14 +124,8 @@ class LegacyCacheService:
             "Content-Range": f"bytes {start}-{end - 1}/*",
             "Content-Length": str(end - start),
         }
-        url = self._config.service_url + "_apis/artifactcache/" + resource
-
-        def attempt() -> Response:
-            return send("PATCH", url, headers=headers, body=data, timeout=self._policy.timeout)
-
-        response = with_retries(
-            f"uploadChunk (start: {start}, end: {end - 1})", attempt, self._policy
-        )
+        what = f"uploadChunk (start: {start}, end: {end - 1})"
+        response = self._send("PATCH", resource, what, headers, data)
         if not response.ok:
             raise TransferError(
                 f"uploadChunk bytes {start}-{end - 1}: HTTP {response.status} {response.reason}"
@@ -141,17 +137,35 @@ class LegacyCacheService:
     def _request(
         self, method: str, resource: str, what: str, body: dict[str, Any] | None = None
     ) -> Response:
-        url = self._config.service_url + "_apis/artifactcache/" + resource
         headers = self._headers()
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        return self._send(method, resource, what, headers, data)
+
+    def _send(
+        self,
+        method: str,
+        resource: str,
+        what: str,
+        headers: dict[str, str],
+        data: bytes | memoryview | None,
+    ) -> Response:
+        """The answer that is not worth another try (any status); QuotaError when the cache
+        is full."""
+        url = self._config.service_url + "_apis/artifactcache/" + resource
 
         def attempt() -> Response:
-            return send(method, url, headers=headers, body=data, timeout=self._policy.timeout)
+            response = send(method, url, headers=headers, body=data, timeout=self._policy.timeout)
+            if not response.ok:
+                message = redact_text(str(_json(response).get("message") or ""))
+                if is_full(response.status, message=message):
+                    raise full_error(what, GITHUB_ADVICE, message, QuotaError)
+                check_status(response.status, response.reason, response.header("Retry-After"))
+            return response
 
-        return with_retries(what, attempt, self._policy)
+        return retry_call(what, attempt, self._policy, exhausted=failed_after(what, GhaCacheError))
 
 
 # encodeURIComponent leaves these unescaped
@@ -168,6 +182,4 @@ def _json(response: Response) -> dict[str, Any]:
 
 def _failure(what: str, response: Response, body: dict[str, Any]) -> GhaCacheError:
     message = redact_text(str(body.get("message") or "")) or response.reason
-    if "insufficient usage" in message:
-        return QuotaError(f"{what}: the repository's cache storage quota is used up ({message})")
     return GhaCacheError(f"{what}: HTTP {response.status}: {message}")

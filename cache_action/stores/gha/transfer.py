@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cache_action.stores.gha.redact import redact_text
-from cache_action.stores.gha.transport import RETRYABLE_STATUSES, Response
+from cache_action.stores.gha.transport import Response
+from cache_action.stores.retry import TRANSFER_POLICY, RetryPolicy
 
 MiB = 1024 * 1024
 # The storage REST version we ask for. SAS URLs from the service carry their own `sv`; Azure
@@ -28,23 +29,20 @@ class TransferOptions:
     min_part: int = 4 * MiB
     max_part: int = 8 * MiB
     download_window: int = 12
-    timeout: float = 30.0  # socket timeout per request (connect, and each read)
-    attempts: int = 5  # per request (a range, the HEAD, the single put)
-    base_delay: float = 1.0
+    # Each request (a range, the size probe, the Put Blob, a block, the block list) is tried
+    # by this policy; its `timeout` is the socket timeout (connect, and each read).
+    retry: RetryPolicy = TRANSFER_POLICY
 
     def part_size(self, size: int) -> int:
         wanted = -(-size // (self.download_concurrency * 4))
         return max(self.min_part, min(self.max_part, wanted))
 
-    def delay(self, attempt: int) -> float:
-        return self.base_delay * 1.5**attempt
+    @property
+    def timeout(self) -> float:
+        return self.retry.timeout
 
 
 DEFAULT_TRANSFER = TransferOptions()
-
-
-def retryable(status: int) -> bool:
-    return status in RETRYABLE_STATUSES or status in (408, 429)
 
 
 def read_headers() -> dict[str, str]:

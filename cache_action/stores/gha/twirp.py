@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urljoin
 
+from cache_action.stores.full import GITHUB_ADVICE, full_error, is_full
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import (
     READ_DENIED,
-    USAGE_EXHAUSTED,
     WRITE_DENIED,
     EntryExistsError,
     GhaCacheError,
@@ -26,14 +26,16 @@ from cache_action.stores.gha.errors import (
 from cache_action.stores.gha.redact import redact_text
 from cache_action.stores.gha.service import Match, UploadTarget
 from cache_action.stores.gha.transfer import DEFAULT_TRANSFER, TransferOptions
-from cache_action.stores.gha.transport import (
-    DEFAULT_POLICY,
-    Response,
-    RetryPolicy,
-    send,
-    with_retries,
-)
+from cache_action.stores.gha.transport import Response, send
 from cache_action.stores.gha.upload import ArchiveUpload, BlobUpload
+from cache_action.stores.retry import (
+    DEFAULT_POLICY,
+    Retry,
+    RetryPolicy,
+    check_status,
+    failed_after,
+    retry_call,
+)
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -109,6 +111,8 @@ class TwirpCacheService:
             message = str(field_value(body, "message") or "")
             if message.startswith(WRITE_DENIED):
                 raise WriteDeniedError(f"cannot save {key!r}: {message}")
+            if is_full(message=message):
+                raise full_error("CreateCacheEntry", GITHUB_ADVICE, message, QuotaError)
             raise GhaCacheError(
                 f"the cache service did not reserve {key!r}: {message or 'ok=false'}"
             )
@@ -156,30 +160,24 @@ class TwirpCacheService:
         }
 
         def attempt() -> Response:
-            return send("POST", url, headers=headers, body=data, timeout=self._policy.timeout)
+            response = send("POST", url, headers=headers, body=data, timeout=self._policy.timeout)
+            if response.ok:
+                try:
+                    json.loads(response.body or b"{}")
+                except ValueError:  # @actions/cache retries a 2xx whose body is not JSON
+                    raise Retry(f"HTTP {response.status} with a body that is not JSON") from None
+                return response
+            code, message = _twirp_error(response)
+            if is_full(response.status, message=message):  # before retrying, as @actions/cache
+                raise full_error(method, GITHUB_ADVICE, message, QuotaError)
+            check_status(response.status, response.reason, response.header("Retry-After"))
+            raise TwirpError(method, response.status, code, message)
 
-        response = with_retries(method, attempt, self._policy, retry_if=_unparsable_success)
-        if response.ok:
-            body = json.loads(response.body or b"{}")
-            log.debug("%s: %s", method, redact_text(json.dumps(body)))
-            return body if isinstance(body, dict) else {}
-        code, message = _twirp_error(response)
-        if USAGE_EXHAUSTED in message:
-            raise QuotaError(
-                f"{method}: the repository's cache storage quota is used up ({message})"
-            )
-        raise TwirpError(method, response.status, code, message)
-
-
-def _unparsable_success(response: Response) -> str | None:
-    """@actions/cache retries a 2xx answer whose body is not JSON."""
-    if not response.ok:
-        return None
-    try:
-        json.loads(response.body or b"{}")
-    except ValueError:
-        return f"HTTP {response.status} with a body that is not JSON"
-    return None
+        exhausted = failed_after(method, GhaCacheError)
+        response = retry_call(method, attempt, self._policy, exhausted=exhausted)
+        body = json.loads(response.body or b"{}")
+        log.debug("%s: %s", method, redact_text(json.dumps(body)))
+        return body if isinstance(body, dict) else {}
 
 
 def _twirp_error(response: Response) -> tuple[str, str]:

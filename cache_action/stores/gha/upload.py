@@ -12,12 +12,12 @@ How a block is sent differs by protocol:
 - v2 (blob storage, reference B6): Put Block through azure-storage-blob's `stage_block`, then
   Put Block List in order. An archive that fits in one block is one Put Blob instead (sent by
   us: the SDK's single put would import 0.3 s of SDK for a request we can make directly).
+  All three are retried by `cache_action.stores.retry` (the SDK's own retries are off).
 - v1 (GHES): `PATCH caches/<id>` with the block's Content-Range (see legacy.py).
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import queue
 import threading
@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cache_action.stores.gha.errors import TransferError
 from cache_action.stores.gha.redact import redact, redact_text
@@ -35,12 +35,19 @@ from cache_action.stores.gha.transfer import (
     STORAGE_API_VERSION,
     TransferOptions,
     error_text,
-    retryable,
 )
 from cache_action.stores.gha.transport import send
+from cache_action.stores.retry import (
+    azure_failure,
+    azure_retry_options,
+    check_status,
+    retry_call,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient
+
+T = TypeVar("T")
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -194,23 +201,37 @@ class BlobUpload:
         return f"{self._block_prefix}-{index:06d}"  # every id of a blob has the same length
 
     def _stage_block(self, index: int, _offset: int, data: memoryview) -> None:
-        from azure.core.exceptions import AzureError
-
-        try:
-            # a memoryview body works (tested against Azurite); the stub only names bytes
-            self._sdk().stage_block(self._block_id(index), data, length=len(data))  # type: ignore[arg-type]
-        except AzureError as error:
-            raise _sdk_failure(self.url, error) from None
+        # a memoryview body works (tested against Azurite); the stub only names bytes
+        self._sdk_call(
+            f"Put Block {index}",
+            lambda: self._sdk().stage_block(self._block_id(index), data, length=len(data)),  # type: ignore[arg-type]
+        )
 
     def _commit_blocks(self) -> None:
-        from azure.core.exceptions import AzureError
         from azure.storage.blob import BlobBlock
 
         blocks = [BlobBlock(self._block_id(index)) for index in range(self._pipeline.blocks)]
-        try:
-            self._sdk().commit_block_list(blocks)
-        except AzureError as error:
-            raise _sdk_failure(self.url, error) from None
+        self._sdk_call("Put Block List", lambda: self._sdk().commit_block_list(blocks))
+
+    def _sdk_call(self, what: str, call: Callable[[], T]) -> T:
+        """One SDK request, tried by our policy (the SDK's own retries are off)."""
+        from azure.core.exceptions import AzureError
+
+        def attempt() -> T:
+            try:
+                return call()
+            except AzureError as error:
+                retry = azure_failure(error)
+                if retry is None:
+                    raise _sdk_failure(self.url, error) from None
+                raise retry from None
+
+        return retry_call(what, attempt, self.options.retry, exhausted=self._gave_up)
+
+    def _gave_up(self, tries: int, problem: str) -> TransferError:
+        return TransferError(
+            f"upload to {redact(self.url)} failed after {tries} attempts: {problem}"
+        )
 
     def _sdk(self) -> BlobClient:
         # Imported late: azure-core and the SDK take ~0.3 s to import; only big saves need them.
@@ -222,7 +243,7 @@ class BlobUpload:
                     self.url,
                     connection_timeout=self.options.timeout,
                     read_timeout=max(self.options.timeout, 120.0),  # a block on a slow link
-                    retry_total=self.options.attempts - 1,
+                    **azure_retry_options(),
                 )
             return self._client
 
@@ -233,23 +254,20 @@ class BlobUpload:
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(data)),
         }
-        options, problem = self.options, ""
-        for attempt in range(options.attempts):
-            if attempt:
-                time.sleep(options.delay(attempt - 1))
-            try:
-                response = send(
-                    "PUT", self.url, headers=headers, body=data, timeout=options.timeout
-                )
-            except (OSError, http.client.HTTPException) as error:
-                problem = f"connection error: {redact_text(str(error))}"
-                continue
+
+        def attempt() -> None:
+            response = send(
+                "PUT", self.url, headers=headers, body=data, timeout=self.options.timeout
+            )
             if response.ok:
                 return
-            problem = f"HTTP {response.status} {response.reason}: {error_text(response)}"
-            if not retryable(response.status):
-                break
-        raise TransferError(f"upload to {redact(self.url)} failed: {problem}")
+            problem = f"{response.reason}: {error_text(response)}"
+            check_status(response.status, problem, response.header("Retry-After"))
+            raise TransferError(
+                f"upload to {redact(self.url)} failed: HTTP {response.status} {problem}"
+            )
+
+        retry_call("Put Blob", attempt, self.options.retry, exhausted=self._gave_up)
 
 
 def feed_file(path: Path, upload: ArchiveUpload) -> None:
