@@ -1,13 +1,30 @@
-"""The few exception types the package raises, each with a message a user can act on.
+"""The exception types the package raises, each with a message a user can act on. Every one
+of them, and where it lives (the ones defined elsewhere belong to one module's concern):
 
-CacheActionError            anything this package reports to a user
-├── InputError              a setting (flag, input, env var) has a value we do not accept
-├── RootLockedError         another process is serving or pruning the same root
-├── StoreError              a store failed: callers warn and go on cold
-│   └── StoreFullError      the store refuses writes: its quota or its disk is used up
-└── OCIError                a registry-level failure, named by its OCI distribution-spec code
+CacheActionError                anything this package reports to a user
+├── InputError                  a setting (flag, input, env var) has a value we do not accept
+├── RootLockedError             another process is serving or pruning the same root
+├── RegistryStartError          the sibling registry did not come up
+├── StoreError                  a store failed: callers warn and go on cold
+│   ├── StoreFullError          the store refuses writes: its quota or its disk is used up
+│   │   └── QuotaError          the Actions cache's allowance (stores/gha/errors.py; also a
+│   │                           GhaCacheError)
+│   ├── CorruptBlobError        a restored blob fails its digest or size (storage/snapshot.py)
+│   ├── CleanupDeniedError      the token may not delete caches: advice (stores/gha_management.py)
+│   ├── RateLimitedError        HTTP 429 for longer than we wait (stores/retry.py)
+│   ├── GhaConfigError          the runner gave no cache service (stores/gha/errors.py)
+│   ├── UnsafeArchiveError      an archive member escapes the root or is a device (gha/errors.py)
+│   └── GhaCacheError           the Actions cache service said no (stores/gha/errors.py)
+│       ├── EntryExistsError    another job saved this key first
+│       ├── WriteDeniedError    the token or ACTIONS_CACHE_MODE allows no writes
+│       ├── TransferError       a blob-storage upload or download failed
+│       └── TwirpError          a Twirp call answered an error (stores/gha/twirp.py)
+└── OCIError                    a registry-level failure, named by its OCI distribution-spec code
+    └── UnsupportedDigest       a digest of an algorithm we do not store (storage/digests.py)
+
+`stores/retry.py`'s `Retry` is not among them: it is an attempt asking its loop for another
+try, never seen outside it.
 """
-
 from __future__ import annotations
 
 from collections.abc import Mapping
