@@ -90,9 +90,8 @@ def _body(line: str) -> str:
     return line.rstrip("\r\n")
 
 
-def find_image_line(text: str) -> tuple[int, re.Match[str]]:
-    """Index of the `image:` line directly under the top-level `runs:`, and its match."""
-    lines = _split_lines(text)
+def _runs_line(lines: list[str]) -> int:
+    """The index of the one top-level `runs:` line."""
     runs = [i for i, line in enumerate(lines) if _RUNS.fullmatch(_body(line))]
     if not runs:
         if any(_body(line).startswith("runs:") for line in lines):
@@ -100,9 +99,15 @@ def find_image_line(text: str) -> tuple[int, re.Match[str]]:
         raise BadInput("there is no top-level runs: mapping")
     if len(runs) > 1:
         raise BadInput("there is more than one top-level runs:")
+    return runs[0]
+
+
+def find_image_line(text: str) -> tuple[int, re.Match[str]]:
+    """Index of the `image:` line directly under the top-level `runs:`, and its match."""
+    lines = _split_lines(text)
     child_indent: str | None = None
     found: list[tuple[int, re.Match[str]]] = []
-    for index in range(runs[0] + 1, len(lines)):
+    for index in range(_runs_line(lines) + 1, len(lines)):
         body = _body(lines[index])
         stripped = body.lstrip(" ")
         if not stripped or stripped.startswith("#"):
@@ -110,18 +115,17 @@ def find_image_line(text: str) -> tuple[int, re.Match[str]]:
         indent = body[: len(body) - len(stripped)]
         if not indent:
             break  # the next top-level key: the runs mapping has ended
-        if child_indent is None:
-            child_indent = indent
+        child_indent = child_indent or indent
         if indent != child_indent or not stripped.startswith("image:"):
             continue  # a nested line, or another key of runs
         match = _IMAGE_LINE.fullmatch(body)
         if match is None:
             raise BadInput(f"line {index + 1}: runs.image is not a one-line scalar")
         found.append((index, match))
-    if not found:
-        raise BadInput("runs: has no image: key")
-    if len(found) > 1:
-        raise BadInput("runs: has more than one image: key")
+    if len(found) != 1:
+        raise BadInput(
+            "runs: has no image: key" if not found else "runs: has more than one image: key"
+        )
     return found[0]
 
 

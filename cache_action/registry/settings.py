@@ -18,7 +18,7 @@ from cache_action.registry.auth import Anyone, Credentials, Policy, choose_polic
 from cache_action.units import parse_duration
 
 DEFAULT_LISTEN = "127.0.0.1:5000"
-DEFAULT_TOKEN_LIFETIME = "5m"
+DEFAULT_TOKEN_LIFETIME = "5m"  # noqa: S105 - a duration, not a secret
 TRUE = ("1", "true", "yes")
 
 # Setting names as users write them: the flags of `serve`, the service's variables.

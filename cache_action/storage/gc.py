@@ -23,7 +23,7 @@ from cache_action.storage.blobs import BlobStore
 from cache_action.storage.digests import Digest
 from cache_action.storage.index import Descriptor, IndexStore, RepositoryIndex, tag_of
 from cache_action.storage.lock import root_lock
-from cache_action.storage.manifests import MAX_MANIFEST_BYTES, read_manifest
+from cache_action.storage.manifests import MAX_MANIFEST_BYTES, Manifest, read_manifest
 from cache_action.storage.root import Storage
 
 
@@ -101,20 +101,25 @@ class RepositoryMarker:
             if manifest is None:
                 continue
             self._subjects[digest] = manifest.subject
-            for reference in manifest.references:
-                if reference.external:
-                    continue
-                if reference.is_manifest:
-                    pending.append(reference.digest)
-                else:
-                    self.marked.add(reference.digest)
-                    if self.blobs.size(self.name, reference.digest) is None:
-                        self.missing.add(reference.digest)
-            if (
-                manifest.subject is not None
-                and self.blobs.size(self.name, manifest.subject) is not None
-            ):
-                pending.append(manifest.subject)
+            pending += self._mark_references(manifest)
+
+    def _mark_references(self, manifest: Manifest) -> list[Digest]:
+        """Mark what a manifest names that is not a manifest; return what to walk next: the
+        manifests it names, and its subject when the repository holds it."""
+        walk_next = []
+        for reference in manifest.references:
+            if reference.external:
+                continue
+            if reference.is_manifest:
+                walk_next.append(reference.digest)
+            else:
+                self.marked.add(reference.digest)
+                if self.blobs.size(self.name, reference.digest) is None:
+                    self.missing.add(reference.digest)
+        subject = manifest.subject
+        if subject is not None and self.blobs.size(self.name, subject) is not None:
+            walk_next.append(subject)
+        return walk_next
 
     def _subject(self, digest: Digest) -> Digest | None:
         if digest not in self._subjects:

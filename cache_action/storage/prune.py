@@ -102,36 +102,7 @@ def _prune(storage: Storage, policy: PrunePolicy, now: float) -> PruneReport:
     layout = storage.layout
     report = PruneReport(dry_run=policy.dry_run)
     report.bytes_before = take_inventory(storage).bytes
-    tags = _tags(storage, policy.verify)
-    doomed: dict[tuple[str, str], str] = {}
-
-    def protected(tag: _Tag) -> bool:
-        return policy.protect_since is not None and tag.last_used >= policy.protect_since
-
-    for tag in tags:
-        if tag.broken:
-            doomed[tag.key] = "broken"
-        elif (
-            policy.ttl_seconds is not None
-            and now - tag.last_used > policy.ttl_seconds
-            and not protected(tag)
-        ):
-            doomed[tag.key] = "ttl"
-    if policy.keep is not None:
-        for repository in {t.repository for t in tags}:
-            alive = [t for t in tags if t.repository == repository and t.key not in doomed]
-            alive.sort(key=lambda t: t.last_used, reverse=True)
-            for tag in alive[policy.keep :]:
-                if not protected(tag):
-                    doomed[tag.key] = "keep"
-    if policy.max_size_bytes is not None:
-        alive = sorted((t for t in tags if t.key not in doomed), key=lambda t: t.last_used)
-        while alive and _bytes_kept(alive) > policy.max_size_bytes:
-            victim = next((t for t in alive if not protected(t)), None)
-            if victim is None:
-                break  # everything left was used by this run: over budget, but never broken
-            doomed[victim.key] = "budget"
-            alive.remove(victim)
+    doomed = _doomed(_tags(storage, policy.verify), policy, now)
     report.tags_removed = [
         {"tag": f"{repository}:{tag}", "reason": reason}
         for (repository, tag), reason in sorted(doomed.items())
@@ -149,6 +120,50 @@ def _prune(storage: Storage, policy: PrunePolicy, now: float) -> PruneReport:
     report.bytes_after = take_inventory(storage).bytes
     report.bytes_freed = report.bytes_before - report.bytes_after
     return report
+
+
+def _doomed(tags: list[_Tag], policy: PrunePolicy, now: float) -> dict[tuple[str, str], str]:
+    """Which tags go and why, in order: broken, TTL, keep N, then the budget (LRU). A tag this
+    run used (`protect_since`) goes only when broken."""
+
+    def protected(tag: _Tag) -> bool:
+        return policy.protect_since is not None and tag.last_used >= policy.protect_since
+
+    doomed = {tag.key: "broken" for tag in tags if tag.broken}
+    if policy.ttl_seconds is not None:
+        ttl = policy.ttl_seconds
+        doomed |= {
+            tag.key: "ttl"
+            for tag in tags
+            if tag.key not in doomed and not protected(tag) and now - tag.last_used > ttl
+        }
+    unprotected = {tag.key for tag in tags if not protected(tag)}
+    if policy.keep is not None:
+        for repository in {t.repository for t in tags}:
+            alive = [t for t in tags if t.repository == repository and t.key not in doomed]
+            alive.sort(key=lambda t: t.last_used, reverse=True)
+            doomed |= {t.key: "keep" for t in alive[policy.keep :] if t.key in unprotected}
+    if policy.max_size_bytes is not None:
+        doomed |= _over_budget(tags, doomed, unprotected, policy.max_size_bytes)
+    return doomed
+
+
+def _over_budget(
+    tags: list[_Tag],
+    doomed: dict[tuple[str, str], str],
+    unprotected: set[tuple[str, str]],
+    budget: int,
+) -> dict[tuple[str, str], str]:
+    """Least recently used first, while what stays is over the budget."""
+    alive = sorted((t for t in tags if t.key not in doomed), key=lambda t: t.last_used)
+    victims: dict[tuple[str, str], str] = {}
+    while alive and _bytes_kept(alive) > budget:
+        victim = next((t for t in alive if t.key in unprotected), None)
+        if victim is None:
+            break  # everything left was used by this run: over budget, but never broken
+        victims[victim.key] = "budget"
+        alive.remove(victim)
+    return victims
 
 
 def _bytes_kept(tags: list[_Tag]) -> int:
@@ -185,17 +200,18 @@ def _tags(storage: Storage, verify: Verify) -> list[_Tag]:
                 continue
             tag = _Tag(repository, name, None, 0.0)
             try:
-                tag.digest = Digest.parse(entry.get("digest", ""))
+                digest = tag.digest = Digest.parse(entry.get("digest", ""))
             except OCIError:
                 tag.broken = "invalid digest"
                 found.append(tag)
                 continue
             size = entry.get("size")
             expected = size if isinstance(size, int) and not isinstance(size, bool) else None
-            has_subject = _closure(blobs, tag, expected, verify, verified)
+            has_subject = _closure(blobs, tag, digest, expected, verify, verified)
             if tag.broken is None and (untagged or has_subject):
                 tag.closure = _held(blobs, tag, entry, untagged)
-            tag.last_used = access.tag_time(repository, name) or _mtime(layout, repository, tag)
+            last_used = access.tag_time(repository, name)
+            tag.last_used = last_used or _mtime(layout.repo_blob(repository, digest))
             found.append(tag)
     return found
 
@@ -203,48 +219,62 @@ def _tags(storage: Storage, verify: Verify) -> list[_Tag]:
 def _closure(
     blobs: BlobStore,
     tag: _Tag,
+    digest: Digest,
     expected_size: int | None,
     verify: Verify,
     verified: dict[tuple[str, Digest], bool],
 ) -> bool:
-    """Fill `tag.closure` with what serving the tag needs (manifests, configs, layers), or set
-    `tag.broken` to why it cannot be served. Descends into a reference only when its media type
-    says manifest, as gc does. Returns whether a manifest of the closure has a subject."""
-    assert tag.digest is not None
+    """Fill `tag.closure` with what serving the tag (its manifest `digest`) needs: manifests,
+    configs, layers; or set `tag.broken` to why it cannot be served. Descends into a reference
+    only when its media type says manifest, as gc does. Returns whether a manifest of the
+    closure has a subject."""
     has_subject = False
-    pending: list[tuple[Digest, int | None, bool]] = [(tag.digest, expected_size, True)]
+    pending: list[tuple[Digest, int | None, bool]] = [(digest, expected_size, True)]
     while pending:
-        digest, expected, is_manifest = pending.pop()
-        if digest in tag.closure:
+        current, expected, is_manifest = pending.pop()
+        if current in tag.closure:
             continue
-        size = blobs.size(tag.repository, digest)
-        if size is None:
-            tag.broken = f"missing {digest}"
+        size = blobs.size(tag.repository, current)
+        tag.broken = _problem(blobs, tag.repository, current, size, expected, verify, verified)
+        if tag.broken is not None or size is None:
             return has_subject
-        if expected is not None and size != expected:
-            tag.broken = f"{digest} is {size} bytes, its descriptor says {expected}"
-            return has_subject
-        if verify is Verify.FULL:
-            key = (tag.repository, digest)
-            if key not in verified:
-                verified[key] = _digest_matches(blobs, tag.repository, digest)
-            if not verified[key]:
-                tag.broken = f"{digest} fails its digest"
-                return has_subject
-        tag.closure[digest] = size
+        tag.closure[current] = size
         if not is_manifest:
             continue
         manifest = None
         if size <= MAX_MANIFEST_BYTES:
-            manifest = read_manifest(blobs.read(tag.repository, digest) or b"")
+            manifest = read_manifest(blobs.read(tag.repository, current) or b"")
         if manifest is None:
-            tag.broken = f"{digest} is not a manifest"
+            tag.broken = f"{current} is not a manifest"
             return has_subject
         has_subject = has_subject or manifest.subject is not None
         pending += [
             (r.digest, r.size, r.is_manifest) for r in manifest.references if not r.external
         ]
     return has_subject
+
+
+def _problem(
+    blobs: BlobStore,
+    repository: str,
+    digest: Digest,
+    size: int | None,
+    expected: int | None,
+    verify: Verify,
+    verified: dict[tuple[str, Digest], bool],
+) -> str | None:
+    """Why one blob of a closure cannot be served, or None."""
+    if size is None:
+        return f"missing {digest}"
+    if expected is not None and size != expected:
+        return f"{digest} is {size} bytes, its descriptor says {expected}"
+    if verify is Verify.FULL:
+        key = (repository, digest)
+        if key not in verified:
+            verified[key] = _digest_matches(blobs, repository, digest)
+        if not verified[key]:
+            return f"{digest} fails its digest"
+    return None
 
 
 def _held(
@@ -269,11 +299,10 @@ def _digest_matches(blobs: BlobStore, repository: str, digest: Digest) -> bool:
     return hasher.hexdigest() == digest.hex
 
 
-def _mtime(layout: Layout, repository: str, tag: _Tag) -> float:
+def _mtime(manifest: Path) -> float:
     """No access record (a root restored from elsewhere): the manifest's age stands in."""
-    assert tag.digest is not None
     try:
-        return layout.repo_blob(repository, tag.digest).stat().st_mtime
+        return manifest.stat().st_mtime
     except OSError:
         return 0.0
 

@@ -148,12 +148,13 @@ class Repository:
     def referrers(self, subject: Digest | None, artifact_type: str | None) -> list[Descriptor]:
         """Descriptors of the manifests whose subject is `subject`, each listed once; nothing
         for a subject no manifest here can name, or a repository that does not exist."""
-        index = self.storage.indexes.read(self.name) if subject is not None else None
+        index = self.storage.indexes.read(self.name)
+        if subject is None or index is None:
+            return []
         found: dict[str, Descriptor] = {}
-        for entry in index.manifests if index is not None else []:
+        for entry in index.manifests:
             if entry.get("mediaType") not in MANIFEST_TYPES or entry["digest"] in found:
                 continue
-            assert subject is not None
             item = self._referrer(entry, subject, artifact_type)
             if item is not None:
                 found[entry["digest"]] = item

@@ -285,46 +285,60 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, state: _Extra
     _ensure_dir(state, rel.rpartition("/")[0], member.name)
     target = state.staging / rel
     if member.isdir():
-        existing = _lstat(target)
-        if existing is None:
-            os.mkdir(target, 0o700)
-        elif not stat.S_ISDIR(existing.st_mode):
-            raise UnsafeArchiveError(f"archive member {member.name!r} replaces a non-directory")
-        state.known_dirs.add(rel)
-        state.dirs[rel] = (member.mode & 0o7777, member.mtime)
+        _extract_dir(member, rel, target, state)
         return
     _clear(target, member.name)
     if member.isreg():
-        source = tar.extractfile(member)
-        assert source is not None
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            written = 0
-            while chunk := source.read(MiB):
-                os.write(fd, chunk)
-                written += len(chunk)
-            if written != member.size:
-                raise GhaCacheError(f"archive member {member.name!r} is truncated")
-            os.fchmod(fd, member.mode & 0o777)
-            os.utime(fd, (member.mtime, member.mtime))
-        finally:
-            os.close(fd)
-        state.bytes_out += written
-        state.links_ok.add(rel)
+        _extract_file(tar, member, target, state)
     elif member.issym():
         os.symlink(member.linkname, target)
         os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
         state.symlinks.append(rel)
-        state.links_ok.add(rel)
-    else:  # hard link to an earlier member of this archive
-        source_rel = member_path(member.linkname)
-        if source_rel not in state.links_ok:
-            raise UnsafeArchiveError(
-                f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
-                "which is not an earlier file of the archive"
-            )
-        os.link(state.staging / source_rel, target, follow_symlinks=False)
-        state.links_ok.add(rel)
+    else:
+        _extract_hard_link(member, target, state)
+    state.links_ok.add(rel)
+
+
+def _extract_dir(member: tarfile.TarInfo, rel: str, target: Path, state: _Extraction) -> None:
+    existing = _lstat(target)
+    if existing is None:
+        os.mkdir(target, 0o700)
+    elif not stat.S_ISDIR(existing.st_mode):
+        raise UnsafeArchiveError(f"archive member {member.name!r} replaces a non-directory")
+    state.known_dirs.add(rel)
+    state.dirs[rel] = (member.mode & 0o7777, member.mtime)
+
+
+def _extract_file(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, state: _Extraction
+) -> None:
+    source = tar.extractfile(member)
+    if source is None:  # tarfile gives None for anything but a regular file
+        raise UnsafeArchiveError(f"archive member {member.name!r} has no content")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        written = 0
+        while chunk := source.read(MiB):
+            os.write(fd, chunk)
+            written += len(chunk)
+        if written != member.size:
+            raise GhaCacheError(f"archive member {member.name!r} is truncated")
+        os.fchmod(fd, member.mode & 0o777)
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+    state.bytes_out += written
+
+
+def _extract_hard_link(member: tarfile.TarInfo, target: Path, state: _Extraction) -> None:
+    """A hard link to an earlier member of this archive, and nothing else."""
+    source_rel = member_path(member.linkname)
+    if source_rel not in state.links_ok:
+        raise UnsafeArchiveError(
+            f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
+            "which is not an earlier file of the archive"
+        )
+    os.link(state.staging / source_rel, target, follow_symlinks=False)
 
 
 def _lstat(path: Path) -> os.stat_result | None:

@@ -18,6 +18,7 @@ from email.message import Message
 from typing import IO, Any
 
 from cache_action import __version__
+from cache_action.stores.gha.errors import GhaCacheError
 
 USER_AGENT = f"cache-action/{__version__}"
 
@@ -45,6 +46,17 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect())
 
 
+def _request(
+    url: str, method: str, headers: Mapping[str, str], body: Any = None
+) -> urllib.request.Request:
+    """Only http(s): the URLs come from the cache service, and urllib would also open
+    `file:` and `ftp:` ones."""
+    if not url.startswith(("http://", "https://")):
+        raise GhaCacheError(f"refusing a URL that is not http(s): {url.split(':', 1)[0]}:...")
+    all_headers = {"User-Agent": USER_AGENT, **headers}
+    return urllib.request.Request(url, data=body, method=method, headers=all_headers)  # noqa: S310
+
+
 def send(
     method: str,
     url: str,
@@ -55,8 +67,7 @@ def send(
 ) -> Response:
     """One request; any HTTP status is returned, connection failures raise OSError or
     http.client.HTTPException."""
-    all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
-    request = urllib.request.Request(url, data=body, method=method, headers=all_headers)
+    request = _request(url, method, headers or {}, body)
     try:
         with _opener.open(request, timeout=timeout) as response:
             return Response(response.status, response.reason, response.headers, response.read())
@@ -89,8 +100,7 @@ def stream(
     method: str, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0
 ) -> Iterator[StreamedResponse]:
     """Like `send`, but the body stays on the socket for the caller to read."""
-    all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
-    request = urllib.request.Request(url, method=method, headers=all_headers)
+    request = _request(url, method, headers or {})
     try:
         response = _opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as error:
