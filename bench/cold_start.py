@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MIB, median, require_tool, settle_disk
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.docker_images import push_digest
 from tests.runner import (
     ActionImage,

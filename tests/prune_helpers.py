@@ -30,7 +30,7 @@ from tests.buildkit_client import (
     image_manifest,
     sha256,
 )
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MANIFEST_TYPES = {

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.images import LAYER_GZIP, OCI_CONFIG, OCI_MANIFEST
 
 REF_NAME = "org.opencontainers.image.ref.name"

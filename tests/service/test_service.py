@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from cache_action.storage.digests import Digest
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.prune_helpers import Pusher, access_tags, index_tags, layer, run_cli, set_tag_times
 
 TIMEOUT = 30

@@ -37,7 +37,7 @@ from cache_action.stores.gha.redact import redact, url_secrets
 from cache_action.stores.gha.transfer import TransferOptions
 from cache_action.stores.gha.version import cache_version, paths_from_input
 from cache_action.stores.retry import RetryPolicy
-from tests.conftest import require_tool
+from tests.components import require_tool
 from tests.gha_emulator import (
     BRANCH,
     DEFAULT_BRANCH,
@@ -52,8 +52,6 @@ from tests.gha_emulator import (
     make_token,
     snapshot,
 )
-
-pytest_plugins = ["tests.gha_fixtures"]
 
 PATHS = [".buildkit-cache"]
 UPLOADS = ".buildkit-cache/.cache-action/uploads"

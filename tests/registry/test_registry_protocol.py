@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.oci_http import (
     API_VERSION,
     BUILDKIT_CACHE_CONFIG,

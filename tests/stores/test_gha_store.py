@@ -34,7 +34,7 @@ from cache_action.stores.gha_management import CacheManagement
 from cache_action.stores.spec import GhaSpec
 from tests.azurite import free_port
 from tests.cli import Run, run_cache_action
-from tests.conftest import RegistryProcess, require_tool
+from tests.components import RegistryProcess
 from tests.gha_emulator import (
     BRANCH,
     DEFAULT_BRANCH,
@@ -46,6 +46,7 @@ from tests.gha_emulator import (
     make_client,
     make_token,
 )
+from tests.gha_official import OfficialClient
 from tests.github_rest_fake import GitHubRestFake
 from tests.roots import (
     BuiltImage,
@@ -58,11 +59,8 @@ from tests.roots import (
     tags,
     tree,
 )
-from tests.test_gha_interop import OfficialClient, official  # noqa: F401 - the fixture
 
-pytest_plugins = ["tests.gha_fixtures"]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NS = "buildkit"
 PATHS = [".buildkit-cache"]
 KiB = 1024
@@ -116,11 +114,6 @@ class Images:
     only_a: BuiltImage
     only_b: BuiltImage
     extra: BuiltImage  # pushed later, to change a root
-
-
-@pytest.fixture(scope="module")
-def skopeo() -> str:
-    return require_tool("skopeo")
 
 
 @pytest.fixture(scope="module")
@@ -544,7 +537,7 @@ def test_list_and_delete_entries(emulator: CacheEmulator, job_root: Path) -> Non
 
 
 def test_official_client_restores_what_we_saved(
-    official: OfficialClient,  # noqa: F811
+    official: OfficialClient,
     emulator: CacheEmulator,
     job_root: Path,
     source_root: Path,
@@ -566,7 +559,7 @@ def test_official_client_restores_what_we_saved(
 
 
 def test_we_restore_what_the_official_client_saved(
-    official: OfficialClient,  # noqa: F811
+    official: OfficialClient,
     emulator: CacheEmulator,
     source_root: Path,
     tmp_path: Path,

@@ -33,7 +33,7 @@ from tests.buildkit_client import (
     random_layers,
     sha256,
 )
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 
 REF_NAME = "org.opencontainers.image.ref.name"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cache_action.units import DURATION_FORMS, SIZE_FORMS
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.prune_helpers import (
     Pushed,
     Pusher,

@@ -30,7 +30,7 @@ from cache_action.storage.digests import Digest
 from cache_action.storage.index import descriptor
 from cache_action.storage.root import Storage
 from tests.buildkit_client import BuildKit, Layer, cache_export, sha256
-from tests.conftest import RegistryProcess, require_tool
+from tests.components import RegistryProcess, require_tool
 from tests.prune_helpers import (
     blob_path,
     closures,

@@ -26,7 +26,6 @@ from cache_action.storage.snapshot import take_snapshot
 from cache_action.stores.base import HitKind, StoreError
 from cache_action.stores.content import ContentAddressedStore
 from cache_action.stores.s3 import PART_BYTES
-from tests.conftest import require_tool
 from tests.roots import (
     BuiltImage,
     add_image,
@@ -39,7 +38,7 @@ from tests.roots import (
     tags,
     tree,
 )
-from tests.seaweed import S3Server, seaweed_fixture  # noqa: F401 - the `seaweed` fixture
+from tests.seaweed import S3Server
 from tests.stores_helpers import open_url
 
 NS = "buildkit"
@@ -180,11 +179,6 @@ class Golden:
     v1: BuiltImage
     v2: BuiltImage
     tools: BuiltImage
-
-
-@pytest.fixture(scope="module")
-def skopeo() -> str:
-    return require_tool("skopeo")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.conftest import RegistryProcess, require, require_tool
+from tests.components import RegistryProcess, require, require_tool
 from tests.credentials import make_pki, write_htpasswd
 from tests.docker_images import push_digest
 from tests.images import Image, make_image
@@ -80,11 +80,6 @@ def action_image(docker_daemon: None) -> ActionImage:
             "debootstrap (to build the test base image)",
         )
     return build_action_image(ensure_test_base_image())
-
-
-@pytest.fixture(scope="session")
-def skopeo() -> str:
-    return require_tool("skopeo")
 
 
 @dataclass(frozen=True)

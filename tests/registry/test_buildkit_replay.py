@@ -34,7 +34,7 @@ from tests.buildkit_client import (
     random_layers,
     sha256,
 )
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 FORMS = [

@@ -2,8 +2,8 @@
 the peers a registry without credentials serves, and the settings that choose all of this.
 
 The server is the real `python -m cache_action serve` over HTTPS with a certificate made here;
-the clients are plain HTTP clients speaking the Docker token flow (tests/test_auth_clients.py
-has skopeo and dockerd)."""
+the clients are plain HTTP clients speaking the Docker token flow (test_auth_clients.py has
+skopeo and dockerd)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from cache_action.registry.auth import (
     load_htpasswd,
 )
 from tests.cli import run_cache_action
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.credentials import Pki, make_pki, write_htpasswd
 from tests.oci_http import OCI_MANIFEST, OCTET_STREAM, digest, error_code, image_manifest
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.cli import Run, run_cache_action
-from tests.conftest import require_tool
+from tests.components import require_tool
 from tests.roots import (
     BuiltImage,
     add_image,
@@ -29,9 +29,9 @@ from tests.roots import (
     tags,
     tree,
 )
-from tests.seaweed import S3Server, seaweed_fixture  # noqa: F401 - the `seaweed` fixture
+from tests.seaweed import S3Server
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 APP = "cache/app"
 BAD_SECRET = "wrong-secret-7f3a9c1e5b"  # a deliberately wrong test value
 OUTPUTS: list[str] = []  # every stdout/stderr of this module's runs

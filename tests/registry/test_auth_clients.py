@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RegistryProcess, require, require_tool
+from tests.components import RegistryProcess, require, require_tool
 from tests.credentials import Pki, make_pki, write_htpasswd
 from tests.docker_images import DockerCli, docker_archive, push_digest
 from tests.images import make_image
 from tests.runner import bridge_gateway
-from tests.test_real_clients import MB, Skopeo, layout_blobs, unique
+from tests.skopeo import MB, Skopeo, layout_blobs, unique
 
 WRITER, WRITER_PASSWORD = "trusted", "w-" + os.urandom(8).hex()
 READER, READER_PASSWORD = "pull-requests", "r-" + os.urandom(8).hex()
@@ -51,8 +51,8 @@ def blob_count(root: Path) -> int:
 
 
 @pytest.fixture
-def tls_skopeo() -> Skopeo:
-    return Skopeo(require_tool("skopeo"))
+def tls_skopeo(skopeo: str) -> Skopeo:
+    return Skopeo(skopeo)
 
 
 @pytest.mark.skopeo

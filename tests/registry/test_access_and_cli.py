@@ -24,7 +24,7 @@ from tests.buildkit_client import (
     layer_get_headers,
     sha256,
 )
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.oci_http import COUNTERS
 
 

@@ -27,7 +27,7 @@ from tests.buildkit_client import (
     random_layers,
     sha256,
 )
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.prune_helpers import (
     Incomplete,
     Pusher,

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from scripts import pin_action_image
-from tests.conftest import require_tool
+from tests.components import require_tool
 from tests.runner import parse_commands, parse_file_command, yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACTION_YML = ROOT / "action.yml"
 SCRIPT = ROOT / "scripts" / "pin_action_image.py"
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
@@ -365,7 +365,9 @@ def test_checks_run_on_the_tagged_commit_before_anything_is_published() -> None:
     assert any(c.split("#")[0].split() == ["mypy"] for c in commands), commands
     pytest_runs = [shlex.split(c) for c in commands if "pytest" in c]
     assert len(pytest_runs) == 1
-    assert {"tests/test_action_metadata.py", "tests/test_release.py"} <= set(pytest_runs[0])
+    assert {"tests/action/test_action_metadata.py", "tests/action/test_release.py"} <= set(
+        pytest_runs[0]
+    )
 
 
 def test_the_image_is_built_for_both_platforms_and_pushed_to_ghcr() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 from tests.oci_http import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -464,9 +464,11 @@ def _finish_cleanly(url: str, location: str, prefix: bytes) -> None:
         "0--9",
         "",
         "0-99999999999999999999",
+        # Arabic-Indic digits for 10-19 are not `10-19`: only ASCII digits make a Content-Range.
+        "\u0661\u0660-\u0661\u0669".encode(),
     ],
 )
-def test_malformed_content_range(url: str, value: str) -> None:
+def test_malformed_content_range(url: str, value: str | bytes) -> None:
     location = start_upload(url, "chunks")
     first = b"0123456789"
     assert _patch(location, first, {"Content-Range": "0-9"}).status_code == 202
@@ -478,23 +480,6 @@ def test_malformed_content_range(url: str, value: str) -> None:
         headers={"Content-Range": value, "Content-Type": OCTET_STREAM},
     )
     _assert_oci_error(raw, 400, "BLOB_UPLOAD_INVALID")
-    _finish_cleanly(url, location, first)
-
-
-def test_content_range_with_non_ascii_digits(url: str) -> None:
-    """Arabic-Indic digits for 10-19 are not `10-19`: only ASCII digits make a Content-Range."""
-    location = start_upload(url, "chunks")
-    first = b"0123456789"
-    assert _patch(location, first, {"Content-Range": "0-9"}).status_code == 202
-    arabic_10_to_19 = "\u0661\u0660-\u0661\u0669".encode()
-    response = raw_request(
-        url,
-        "PATCH",
-        location.removeprefix(url),
-        body=b"x" * 10,
-        headers={"Content-Range": arabic_10_to_19, "Content-Type": OCTET_STREAM},
-    )
-    _assert_oci_error(response, 400, "BLOB_UPLOAD_INVALID")
     _finish_cleanly(url, location, first)
 
 

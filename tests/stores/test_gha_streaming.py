@@ -35,8 +35,6 @@ from tests.gha_emulator import (
     snapshot,
 )
 
-pytest_plugins = ["tests.gha_fixtures"]
-
 PATHS = [".buildkit-cache"]
 UPLOADS = ".buildkit-cache/.cache-action/uploads"
 MiB = 1024 * 1024

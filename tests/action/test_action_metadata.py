@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require
+from tests.components import require
 from tests.runner import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EMPTY_DEFAULT = ("—", "-", "")  # how the README shows an empty default
 
 
@@ -209,3 +209,29 @@ def test_readme_service_settings_table_lists_every_variable_the_service_reads() 
         "AWS_REGION",
         "AWS_DEFAULT_REGION",
     }
+
+
+# --- the README's two commands ----------------------------------------------------------------
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    from tests.readme import shell_command
+
+    readme = shell_command("scripts/install-test-deps && ")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "scripts/install-test-deps" in ci
+    assert readme.removeprefix("scripts/install-test-deps && ") in ci
+
+
+def test_the_readme_commands_need_no_sudo_as_root() -> None:
+    """Root-only machines often have no sudo: the scripts use it only when not root."""
+    from tests.readme import code_blocks
+
+    for block in code_blocks("sh"):
+        assert "sudo " not in block, block
+    for script in ("install-deps", "install-test-deps"):
+        lines = (ROOT / "scripts" / script).read_text().splitlines()
+        commands = [line for line in lines if not line.lstrip().startswith("#")]
+        assert not [line for line in commands if "sudo" in line], script
+        assert any("as_root apt-get" in line for line in commands), script
+    assert 'if [ "$(id -u)" -eq 0 ]' in (ROOT / "scripts" / "lib.sh").read_text()

@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import secrets
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RegistryProcess, require_tool
+from tests.components import RegistryProcess, require_tool
 from tests.docker_images import DockerCli, docker_archive, push_digest
 from tests.images import Image, make_image
+from tests.skopeo import MB, Skopeo, layout_blobs, unique
 
-TIMEOUT_SECONDS = 300
-MB = 1024 * 1024
 # In `skopeo --debug` output: a cross-repository mount request, and the PUT that ends an upload.
 _MOUNT = re.compile(r"POST \S+/blobs/uploads/\?from=\S*mount=sha256%3A([0-9a-f]{64})")
 _UPLOAD_PUT = re.compile(r"PUT \S+/blobs/uploads/\S+\?digest=sha256%3A([0-9a-f]{64})")
@@ -36,72 +34,10 @@ LAYER_SIZES = [3 * MB, 2 * MB, 1 * MB, 512 * 1024]
 # --- helpers --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Skopeo:
-    binary: str
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # --insecure-policy: do not depend on the machine's /etc/containers/policy.json.
-        result = subprocess.run(
-            [self.binary, "--insecure-policy", *args],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_SECONDS,
-        )
-        if check:
-            assert result.returncode == 0, (
-                f"skopeo {' '.join(args)} exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result
-
-    def push(self, image: Image, destination: str, *extra: str) -> str:
-        """Copy an OCI layout into the registry unchanged; returns the pushed manifest digest."""
-        digest_file = image.layout.parent / f"{image.layout.name}.{secrets.token_hex(4)}.digest"
-        self.run(
-            "copy",
-            "--preserve-digests",  # fail rather than rewrite the manifest or recompress layers
-            "--dest-tls-verify=false",
-            f"--digestfile={digest_file}",
-            *extra,
-            f"oci:{image.layout}:{image.tag}",
-            f"docker://{destination}",
-        )
-        return digest_file.read_text().strip()
-
-    def pull(self, source: str, layout: Path, tag: str) -> None:
-        self.run(
-            "copy",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            f"docker://{source}",
-            f"oci:{layout}:{tag}",
-        )
-
-    def inspect_raw(self, reference: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            "inspect", "--raw", "--tls-verify=false", f"docker://{reference}", check=check
-        )
-
-    def list_tags(self, repository: str) -> list[str]:
-        output = self.run("list-tags", "--tls-verify=false", f"docker://{repository}").stdout
-        tags = json.loads(output)["Tags"]
-        assert isinstance(tags, list)
-        return sorted(str(tag) for tag in tags)
-
-
 def registry_stats(registry: RegistryProcess) -> dict[str, int]:
     with urllib.request.urlopen(f"{registry.url}/_cache/stats", timeout=30) as response:
         document = json.loads(response.read())
     return {key: value for key, value in document.items() if isinstance(value, int)}
-
-
-def layout_blobs(layout: Path) -> dict[str, bytes]:
-    """Every blob of an OCI layout, by digest."""
-    return {
-        f"sha256:{path.name}": path.read_bytes()
-        for path in sorted((layout / "blobs" / "sha256").iterdir())
-    }
 
 
 def tagged_manifest(layout: Path, tag: str) -> dict[str, object]:
@@ -165,17 +101,9 @@ def sha256_of(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def unique(prefix: str) -> str:
-    """A repository name no other test (or earlier run on a reused port) collides with."""
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-# --- fixtures -------------------------------------------------------------------------------
-
-
 @pytest.fixture
-def skopeo() -> Skopeo:
-    return Skopeo(require_tool("skopeo"))
+def skopeo_cli(skopeo: str) -> Skopeo:
+    return Skopeo(skopeo)
 
 
 @pytest.fixture
@@ -195,12 +123,12 @@ def docker_arch(docker: DockerCli) -> str:
 
 @pytest.mark.skopeo
 def test_skopeo_round_trip_is_byte_identical(
-    registry: RegistryProcess, skopeo: Skopeo, tmp_path: Path
+    registry: RegistryProcess, skopeo_cli: Skopeo, tmp_path: Path
 ) -> None:
     image = make_image(tmp_path / "src", LAYER_SIZES, tag="v1")
     repository = f"{registry.address}/{unique('roundtrip')}/app"
 
-    pushed = skopeo.push(image, f"{repository}:v1")
+    pushed = skopeo_cli.push(image, f"{repository}:v1")
     assert pushed == image.manifest_digest
 
     stats = registry_stats(registry)
@@ -209,12 +137,12 @@ def test_skopeo_round_trip_is_byte_identical(
     source_blobs = layout_blobs(image.layout)
     assert stats["bytes_in"] == sum(len(data) for data in source_blobs.values())
 
-    raw = skopeo.inspect_raw(f"{repository}:v1").stdout.encode()
+    raw = skopeo_cli.inspect_raw(f"{repository}:v1").stdout.encode()
     assert raw == manifest_bytes(image)
-    assert skopeo.inspect_raw(f"{repository}@{image.manifest_digest}").stdout.encode() == raw
+    assert skopeo_cli.inspect_raw(f"{repository}@{image.manifest_digest}").stdout.encode() == raw
 
     out = tmp_path / "out"
-    skopeo.pull(f"{repository}:v1", out, "v1")
+    skopeo_cli.pull(f"{repository}:v1", out, "v1")
     assert layout_blobs(out) == source_blobs
     descriptor = tagged_manifest(out, "v1")
     assert descriptor["digest"] == image.manifest_digest
@@ -222,28 +150,28 @@ def test_skopeo_round_trip_is_byte_identical(
 
 
 @pytest.mark.skopeo
-def test_skopeo_list_tags(registry: RegistryProcess, skopeo: Skopeo, tmp_path: Path) -> None:
+def test_skopeo_list_tags(registry: RegistryProcess, skopeo_cli: Skopeo, tmp_path: Path) -> None:
     image = make_image(tmp_path / "src", [256 * 1024, 128 * 1024], tag="v1")
     repository = f"{registry.address}/{unique('tags')}/app"
     for tag in ("v1", "v2", "latest"):
-        assert skopeo.push(image, f"{repository}:{tag}") == image.manifest_digest
+        assert skopeo_cli.push(image, f"{repository}:{tag}") == image.manifest_digest
 
-    assert skopeo.list_tags(repository) == ["latest", "v1", "v2"]
+    assert skopeo_cli.list_tags(repository) == ["latest", "v1", "v2"]
     # Second and third pushes found every blob already there.
     assert registry_stats(registry)["blobs_pushed"] == 3
 
 
 @pytest.mark.skopeo
 def test_skopeo_copy_between_repositories_mounts_the_layers(
-    registry: RegistryProcess, skopeo: Skopeo, tmp_path: Path
+    registry: RegistryProcess, skopeo_cli: Skopeo, tmp_path: Path
 ) -> None:
     image = make_image(tmp_path / "src", LAYER_SIZES, tag="v1")
     source = f"{registry.address}/{unique('origin')}/app"
     mirror = f"{registry.address}/{unique('mirror')}/app"
-    skopeo.push(image, f"{source}:v1")
+    skopeo_cli.push(image, f"{source}:v1")
     before = registry_stats(registry)
 
-    copied = skopeo.run(
+    copied = skopeo_cli.run(
         "--debug",  # on failure, shows which locations skopeo tried to reuse blobs from
         "copy",
         "--preserve-digests",
@@ -279,36 +207,36 @@ def test_skopeo_copy_between_repositories_mounts_the_layers(
     assert after["blobs_pushed"] - before["blobs_pushed"] == len(uploads), context
     assert after["manifests_pushed"] - before["manifests_pushed"] == 1, context
 
-    raw = skopeo.inspect_raw(f"{mirror}:copy").stdout.encode()
+    raw = skopeo_cli.inspect_raw(f"{mirror}:copy").stdout.encode()
     assert raw == manifest_bytes(image)
     out = tmp_path / "out"
-    skopeo.pull(f"{mirror}:copy", out, "copy")
+    skopeo_cli.pull(f"{mirror}:copy", out, "copy")
     assert layout_blobs(out) == layout_blobs(image.layout)
     assert tagged_manifest(out, "copy")["digest"] == image.manifest_digest
 
 
 @pytest.mark.skopeo
 def test_skopeo_delete_removes_the_manifest(
-    registry: RegistryProcess, skopeo: Skopeo, tmp_path: Path
+    registry: RegistryProcess, skopeo_cli: Skopeo, tmp_path: Path
 ) -> None:
     image = make_image(tmp_path / "src", [512 * 1024, 256 * 1024], tag="v1")
     doomed = f"{registry.address}/{unique('doomed')}/app"
     kept = f"{registry.address}/{unique('kept')}/app"
-    skopeo.push(image, f"{doomed}:v1")
-    skopeo.push(image, f"{kept}:v1")
+    skopeo_cli.push(image, f"{doomed}:v1")
+    skopeo_cli.push(image, f"{kept}:v1")
 
     # skopeo resolves the tag, then sends DELETE /v2/<name>/manifests/<digest>.
-    skopeo.run("delete", "--tls-verify=false", f"docker://{doomed}:v1")
+    skopeo_cli.run("delete", "--tls-verify=false", f"docker://{doomed}:v1")
 
     for reference in (f"{doomed}:v1", f"{doomed}@{image.manifest_digest}"):
-        gone = skopeo.inspect_raw(reference, check=False)
+        gone = skopeo_cli.inspect_raw(reference, check=False)
         assert gone.returncode != 0, gone.stdout
         assert "manifest unknown" in gone.stderr, gone.stderr
-    assert skopeo.list_tags(doomed) == []
+    assert skopeo_cli.list_tags(doomed) == []
     # The same manifest in another repository is untouched.
-    assert skopeo.inspect_raw(f"{kept}:v1").stdout.encode() == manifest_bytes(image)
+    assert skopeo_cli.inspect_raw(f"{kept}:v1").stdout.encode() == manifest_bytes(image)
     # Deleting again: the registry says it no longer has it.
-    again = skopeo.run("delete", "--tls-verify=false", f"docker://{doomed}:v1", check=False)
+    again = skopeo_cli.run("delete", "--tls-verify=false", f"docker://{doomed}:v1", check=False)
     assert again.returncode != 0
 
 
@@ -427,13 +355,13 @@ def test_docker_build_from_scratch_push_pull(
 @pytest.mark.docker
 @pytest.mark.skopeo
 def test_docker_pulls_an_oci_image_pushed_by_skopeo(
-    registry: RegistryProcess, skopeo: Skopeo, docker: DockerCli, tmp_path: Path
+    registry: RegistryProcess, skopeo_cli: Skopeo, docker: DockerCli, tmp_path: Path
 ) -> None:
     image = make_image(tmp_path / "src", [1 * MB, 512 * 1024], tag="v1")
     ref = f"{registry.address}/{unique('oci')}/app:v1"
     config_digest = image.blob_digests[-1]
     docker.track(ref, config_digest)
-    skopeo.push(image, ref)
+    skopeo_cli.push(image, ref)
 
     docker.run("pull", ref)
     pulled = docker.inspect(ref)
@@ -450,7 +378,7 @@ def test_docker_pulls_an_oci_image_pushed_by_skopeo(
 @pytest.mark.skopeo
 def test_skopeo_reads_an_image_pushed_by_docker(
     registry: RegistryProcess,
-    skopeo: Skopeo,
+    skopeo_cli: Skopeo,
     docker: DockerCli,
     docker_arch: str,
     tmp_path: Path,
@@ -462,10 +390,10 @@ def test_skopeo_reads_an_image_pushed_by_docker(
 
     # dir: keeps the Docker v2 schema 2 manifest exactly as served.
     out = tmp_path / "dir"
-    skopeo.run("copy", "--src-tls-verify=false", f"docker://{ref}", f"dir:{out}")
+    skopeo_cli.run("copy", "--src-tls-verify=false", f"docker://{ref}", f"dir:{out}")
     manifest = (out / "manifest.json").read_bytes()
     assert sha256_of(manifest) == digest
-    assert skopeo.inspect_raw(ref).stdout.encode() == manifest
+    assert skopeo_cli.inspect_raw(ref).stdout.encode() == manifest
     document = json.loads(manifest)
     assert document["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert document["config"]["digest"] == image.image_id
@@ -479,7 +407,7 @@ def test_skopeo_reads_an_image_pushed_by_docker(
 @pytest.mark.skopeo
 def test_multi_arch_index_skopeo_all_and_docker_platform_pull(
     registry: RegistryProcess,
-    skopeo: Skopeo,
+    skopeo_cli: Skopeo,
     docker: DockerCli,
     docker_arch: str,
     tmp_path: Path,
@@ -492,7 +420,7 @@ def test_multi_arch_index_skopeo_all_and_docker_platform_pull(
     docker.track(ref, configs[docker_arch])
 
     # --all copies the index and both per-architecture manifests (pushed by digest, untagged).
-    skopeo.run(
+    skopeo_cli.run(
         "copy",
         "--all",
         "--preserve-digests",
@@ -500,12 +428,12 @@ def test_multi_arch_index_skopeo_all_and_docker_platform_pull(
         f"oci:{layout}:v1",
         f"docker://{ref}",
     )
-    raw = skopeo.inspect_raw(ref).stdout.encode()
+    raw = skopeo_cli.inspect_raw(ref).stdout.encode()
     assert sha256_of(raw) == index_digest
-    assert skopeo.list_tags(ref.rsplit(":", 1)[0]) == ["v1"]
+    assert skopeo_cli.list_tags(ref.rsplit(":", 1)[0]) == ["v1"]
 
     out = tmp_path / "out"
-    skopeo.run(
+    skopeo_cli.run(
         "copy",
         "--all",
         "--preserve-digests",

@@ -28,7 +28,7 @@ from tests.buildkit_client import (
     layer_get_headers,
     sha256,
 )
-from tests.conftest import RegistryProcess
+from tests.components import RegistryProcess
 
 MiB = 1 << 20
 
