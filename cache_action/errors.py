@@ -25,6 +25,7 @@ CacheActionError                anything this package reports to a user
 `stores/retry.py`'s `Retry` is not among them: it is an attempt asking its loop for another
 try, never seen outside it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
