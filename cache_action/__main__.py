@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
                 "--scope", action="append", required=True, help="a scope; repeat to merge several"
             )
             cmd.add_argument(
+                "--lazy",
+                action="store_true",
+                help="restore only indexes, manifests and configs; other blobs stay in the "
+                "store until `serve --lazy-source` fetches them (default: everything now)",
+            )
+            cmd.add_argument(
                 "--fallback-ref", action="append", default=[], help="tried in order after --ref"
             )
         else:
@@ -163,6 +169,12 @@ def _serve_parser(commands: Any) -> None:
     serve_cmd.add_argument(
         "--log-requests", action="store_true", default=None, help="log every request"
     )
+    serve_cmd.add_argument(
+        "--lazy-source",
+        metavar="FILE",
+        help="after a lazy restore: where to fetch the blobs it left in the store (a file "
+        "the action writes; read once, then deleted)",
+    )
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -178,7 +190,7 @@ def _transfer(args: argparse.Namespace) -> int:
             scopes = [validate_token("--scope", s) for s in args.scope]
             refs = [ref, *(normalize_ref("--fallback-ref", r) for r in args.fallback_ref)]
             chains = [[EntryName(namespace, s, r) for r in dict.fromkeys(refs)] for s in scopes]
-            result: RestoreResult | SaveResult = store.restore(storage, chains)
+            result: RestoreResult | SaveResult = store.restore(storage, chains, lazy=args.lazy)
         else:
             name = EntryName(namespace, validate_token("--scope", args.scope), ref)
             result = store.save(storage, name, force=args.force)

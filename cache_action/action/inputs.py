@@ -15,7 +15,7 @@ from enum import StrEnum
 from cache_action.errors import InputError, OCIError
 from cache_action.scopes import normalize_ref, validate_token
 from cache_action.storage.layout import validate_name
-from cache_action.stores.spec import S3Options, S3Spec, StoreSpec, parse_store
+from cache_action.stores.spec import LocalSpec, S3Options, S3Spec, StoreSpec, parse_store
 from cache_action.units import parse_duration, parse_size
 
 _TRUE = ("true", "True", "TRUE")
@@ -27,6 +27,11 @@ class SavePolicy(StrEnum):
     AUTO = "auto"  # save what changed, where this job may write
     ALWAYS = "always"  # save even when nothing changed since the restore
     NEVER = "never"
+
+
+class RestoreMode(StrEnum):
+    EAGER = "eager"  # everything before the build starts
+    LAZY = "lazy"  # metadata now, each other blob on its first GET
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class Inputs:
     ttl_seconds: float | None
     max_size_bytes: int | None
     save: SavePolicy
+    restore: RestoreMode
+    prefetch: bool
     read_only: bool
     strict: bool
     github_token: str = field(repr=False)
@@ -59,8 +66,9 @@ class Inputs:
             secret_access_key=raw("s3-secret-access-key"),
         )
         token = raw("github-token")
+        store = parse_store("store", raw("store", "gha") or "gha", s3, token)
         return cls(
-            store=parse_store("store", raw("store", "gha") or "gha", s3, token),
+            store=store,
             namespace=validate_token("namespace", raw("namespace") or _default_namespace(env)),
             scope=validate_token("scope", raw("scope") or _default_scope(env)),
             restore_scopes=tuple(
@@ -76,6 +84,8 @@ class Inputs:
             ttl_seconds=parse_duration("ttl", raw("ttl", "7d")),
             max_size_bytes=parse_size("max-size", raw("max-size", "2GB")),
             save=SavePolicy(_choice("save", raw("save", "auto") or "auto", tuple(SavePolicy))),
+            restore=_restore_mode(raw("restore", "auto") or "auto", store),
+            prefetch=_boolean("prefetch", raw("prefetch", "true")),
             read_only=_boolean("read-only", raw("read-only", "false")),
             strict=_boolean("strict", raw("strict", "false")),
             github_token=token,
@@ -103,6 +113,15 @@ def _choice(name: str, text: str, accepted: tuple[str, ...]) -> str:
     if text not in accepted:
         raise InputError(name, text, " or ".join(accepted))
     return text
+
+
+def _restore_mode(text: str, store: StoreSpec) -> RestoreMode:
+    """auto: lazy where the registry can fetch from the store later (S3, the Actions cache);
+    a local directory is read eagerly (it may be reachable only through a sibling)."""
+    choice = _choice("restore", text, ("auto", *RestoreMode))
+    if choice == "auto":
+        return RestoreMode.EAGER if isinstance(store, LocalSpec) else RestoreMode.LAZY
+    return RestoreMode(choice)
 
 
 def _port(text: str) -> int:

@@ -32,6 +32,7 @@ ALIAS_PREFIX = "buildkit-cache"
 ROOT_IN_REGISTRY = "/cache"
 RUN_DIR_IN_REGISTRY = "/run/cache-action"
 READY_FILE = "ready.json"
+LAZY_SOURCE_FILE = "lazy-source.json"  # in the run directory: stores/factory.write_source_file
 STOP_TIMEOUT_SECONDS = 45
 STORE_HELPER_TIMEOUT_SECONDS = 3 * 3600
 
@@ -111,8 +112,16 @@ def inspect_self(client: Any) -> ActionContainer:
 
 
 def start_registry(
-    client: Any, me: ActionContainer, root: Path, run_dir: Path, port: int, timeout: float = 60
+    client: Any,
+    me: ActionContainer,
+    root: Path,
+    run_dir: Path,
+    port: int,
+    lazy_source: str | None = None,
+    timeout: float = 60,
 ) -> RegistryContainer:
+    """`lazy_source`: a file in `run_dir` naming where to fetch what a lazy restore left in
+    the store; the registry reads it once and deletes it."""
     name = f"{ALIAS_PREFIX}-{port}"
     _remove_stale(client, name)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +138,8 @@ def start_registry(
         "--ready-file",
         f"{RUN_DIR_IN_REGISTRY}/{READY_FILE}",
     ]
+    if lazy_source is not None:
+        command += ["--lazy-source", f"{RUN_DIR_IN_REGISTRY}/{lazy_source}"]
     options: dict[str, Any] = {}
     if me.job_network:
         # Its own network namespace: it listens on all of it and, having no credentials, serves

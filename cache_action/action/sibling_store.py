@@ -43,8 +43,11 @@ class SiblingStore:
             return None  # not in a container (run outside GitHub): the path is this process's
         return None if me.sees(str(spec.path)) else cls(client, me, spec)
 
-    def restore(self, storage: Storage, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
-        """Every chain lists the same refs (scopes.plan_scopes), so one command restores all."""
+    def restore(
+        self, storage: Storage, chains: Sequence[Sequence[EntryName]], lazy: bool = False
+    ) -> RestoreResult:
+        """Every chain lists the same refs (scopes.plan_scopes), so one command restores all.
+        Always eager: the registry could not reach this directory to fetch a blob later."""
         refs = [name.ref for name in chains[0]]
         arguments = self._arguments("restore", chains[0][0].namespace, refs[0])
         for chain in chains:

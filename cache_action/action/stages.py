@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_action.action import sibling, workflow
-from cache_action.action.inputs import Inputs, SavePolicy
+from cache_action.action.inputs import Inputs, RestoreMode, SavePolicy
 from cache_action.action.sibling_store import SiblingStore
 from cache_action.action.state import StageState
 from cache_action.action.summary import render
@@ -23,7 +23,7 @@ from cache_action.storage.gc import drop_tags
 from cache_action.storage.prune import PrunePolicy, prune
 from cache_action.storage.root import Storage
 from cache_action.stores.base import RestoreResult, SaveResult, Store
-from cache_action.stores.factory import open_store
+from cache_action.stores.factory import open_store, write_source_file
 from cache_action.stores.spec import GhaSpec, LocalSpec
 
 
@@ -79,8 +79,9 @@ def main(env: Mapping[str, str]) -> int:
     with workflow.group(f"Restore the BuildKit cache (scope {inputs.scope})"):
         started = time.monotonic()
         result = RestoreResult()
+        lazy = inputs.restore is RestoreMode.LAZY
         try:
-            result = open_job_store(inputs, runner).restore(storage, plan.restore_chains)
+            result = open_job_store(inputs, runner).restore(storage, plan.restore_chains, lazy)
         except InputError as error:  # a store setting the store itself rejects
             workflow.error(str(error), title=f"Invalid input '{error.name}'")
             return 1
@@ -94,10 +95,11 @@ def main(env: Mapping[str, str]) -> int:
     with workflow.group("Start the registry"):
         started = time.monotonic()
         try:
+            lazy_source = _lazy_source(inputs, runner, storage, Path(state.run_dir))
             client = sibling.docker_client()
             me = sibling.inspect_self(client)
             registry = sibling.start_registry(
-                client, me, storage.layout.root, Path(state.run_dir), inputs.port
+                client, me, storage.layout.root, Path(state.run_dir), inputs.port, lazy_source
             )
         except (RegistryStartError, OSError) as error:
             state.save()
@@ -110,6 +112,19 @@ def main(env: Mapping[str, str]) -> int:
     state.save()
     _outputs(inputs, result, registry)
     return 0
+
+
+def _lazy_source(
+    inputs: Inputs, runner: RunnerContext, storage: Storage, run_dir: Path
+) -> str | None:
+    """After a lazy restore, the file that tells the registry how to fetch what stayed in the
+    store (its name in the run directory, which the registry sees), or None."""
+    if not storage.remote:
+        return None
+    if not inputs.prefetch:
+        storage.remote.without_prefetch()
+    write_source_file(run_dir / sibling.LAZY_SOURCE_FILE, inputs.store, runner)
+    return sibling.LAZY_SOURCE_FILE
 
 
 def _outputs(

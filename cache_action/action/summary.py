@@ -9,6 +9,20 @@ def _mb(count: float) -> str:
     return f"{count / 1e6:,.1f} MB"
 
 
+def _left(restore: dict[str, Any]) -> str:
+    left = restore.get("blobs_left", 0)
+    if not left:
+        return ""
+    return f"; {left} more ({_mb(restore.get('bytes_left', 0))}) left in the store until read"
+
+
+def _fetched(stats: dict[str, Any]) -> str:
+    fetched = stats.get("blobs_fetched", 0)
+    if not fetched:
+        return ""
+    return f"; fetched from the store when read: {fetched} blobs, {_mb(stats['bytes_fetched'])}"
+
+
 def render(
     scope: str,
     store: str,
@@ -29,7 +43,7 @@ def render(
                 f"**{hit}** from `{restored[0]['key']}`"
                 + (f" (+{len(restored) - 1} more)" if len(restored) > 1 else "")
                 + f": {restore.get('blobs_downloaded', 0)} blobs, "
-                f"{_mb(restore.get('bytes_downloaded', 0))}",
+                f"{_mb(restore.get('bytes_downloaded', 0))}" + _left(restore),
             )
         )
     else:
@@ -43,7 +57,7 @@ def render(
                 f"{stats.get('requests', 0)} requests; blobs pulled "
                 f"{stats.get('blob_hits', 0)} (misses {stats.get('blob_misses', 0)}), "
                 f"pushed {stats.get('blobs_pushed', 0)}; {_mb(stats.get('bytes_out', 0))} out, "
-                f"{_mb(stats.get('bytes_in', 0))} in",
+                f"{_mb(stats.get('bytes_in', 0))} in" + _fetched(stats),
             )
         )
     if registry_problem:

@@ -6,7 +6,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from cache_action.registry.context import digest_of, lookup_digest_of, repository_of
+from cache_action.errors import ErrorCode, OCIError
+from cache_action.registry.context import digest_of, lookup_digest_of, repository_of, state_of
+from cache_action.registry.lazy import AskAgain
 
 IMMUTABLE = "max-age=31536000"
 
@@ -17,16 +19,37 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     wanted = _usable_range(request)
     if wanted is not None and wanted.strip() == "-0":  # RFC 9110: an empty suffix is unsatisfiable
         return web.Response(status=416, headers={"Content-Range": f"bytes */{blob.size}"})
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(blob.digest),
+        "Cache-Control": IMMUTABLE,
+    }
+    if not blob.local:  # a lazy restore left it in the store
+        if request.method == "HEAD":
+            return await _head_of_remote(request, blob.size, headers)
+        lazy = state_of(request).lazy
+        if lazy is None:
+            raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {blob.digest} is not here yet")
+        try:
+            response = await lazy.respond(request, blob, headers, ranged=wanted is not None)
+        except AskAgain:
+            blob = repository.on_disk(blob)
+        else:
+            repository.sent(blob.size)
+            return response
     if request.method == "GET":
         repository.sent(_bytes_to_send(request, blob.size))
-    return _BlobFile(
-        blob.path,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Docker-Content-Digest": str(blob.digest),
-            "Cache-Control": IMMUTABLE,
-        },
-    )
+    return _BlobFile(blob.path, headers=headers)
+
+
+async def _head_of_remote(
+    request: web.Request, size: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    """What HEAD says of a blob still in the store: its real length, from the metadata."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = size
+    await response.prepare(request)
+    return response
 
 
 class _BlobFile(web.FileResponse):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from cache_action.registry.lazy import LazyFetches
 from cache_action.registry.stats import RunStats
 from cache_action.storage.digests import Digest, UnsupportedDigest
 from cache_action.storage.repository import Repository
@@ -21,6 +22,7 @@ class ServerState:
     in_flight: int = 0  # requests being handled: shutdown waits for them
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     open: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while maintenance runs
+    lazy: LazyFetches | None = None  # fetches blobs a lazy restore left in the store
 
     def __post_init__(self) -> None:
         self.open.set()

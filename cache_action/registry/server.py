@@ -23,6 +23,7 @@ from cache_action.errors import CacheActionError
 from cache_action.registry.app import create_app
 from cache_action.registry.auth import Gatekeeper, describe
 from cache_action.registry.context import SERVER_STATE, ServerState
+from cache_action.registry.lazy import LazyFetches
 from cache_action.registry.settings import Listen, ServeConfig
 from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
@@ -56,6 +57,8 @@ async def serve(
     with root_lock(storage.layout, "serve"):
         storage.uploads.clear()
         app = create_app(storage, Gatekeeper(config.policy))
+        state = app[SERVER_STATE]
+        state.lazy = _lazy_fetches(config, storage, state)
         runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -70,14 +73,9 @@ async def serve(
         try:
             site = web.SockSite(runner, sock, ssl_context=config.tls)
             await site.start()
-            address = _bound_address(runner)
-            url = f"{config.scheme}://{address}"
-            who = describe(config.policy)
-            log.info("registry serving %s on %s (%s)", storage.layout.root, url, who)
-            for warning in config.warnings():
-                log.warning(warning)
-            if config.ready_file is not None:
-                _write_ready_file(config.ready_file, address, url)
+            _announce(config, storage, _bound_address(runner))
+            if state.lazy is not None:
+                state.lazy.prefetch(storage.remote.to_prefetch())
             tasks = [asyncio.create_task(_housekeeping(storage))]
             if periodic is not None:
                 tasks.append(asyncio.create_task(periodic(app[SERVER_STATE])))
@@ -87,12 +85,34 @@ async def serve(
             await site.stop()  # no new connections; open ones may still finish their requests
             await _drain(app[SERVER_STATE])
         finally:
+            if state.lazy is not None:
+                await state.lazy.close()
             await runner.cleanup()
             _persist(storage, app)
             if config.ready_file is not None:
                 config.ready_file.unlink(missing_ok=True)
         if on_stopped is not None:
             await on_stopped(app[SERVER_STATE])
+
+
+def _lazy_fetches(config: ServeConfig, storage: Storage, state: ServerState) -> LazyFetches | None:
+    """After a lazy restore: how the blobs it left in the store are fetched on first use."""
+    if config.lazy_source is None:
+        return None
+    from cache_action.stores.factory import read_source_file  # boto3 etc. only here
+
+    return LazyFetches(storage, read_source_file(config.lazy_source), state.stats)
+
+
+def _announce(config: ServeConfig, storage: Storage, address: str) -> None:
+    """The log lines and the ready file of a registry that now listens."""
+    url = f"{config.scheme}://{address}"
+    who = describe(config.policy)
+    log.info("registry serving %s on %s (%s)", storage.layout.root, url, who)
+    for warning in config.warnings():
+        log.warning(warning)
+    if config.ready_file is not None:
+        _write_ready_file(config.ready_file, address, url)
 
 
 def bind(listen: Listen) -> socket.socket:
@@ -145,11 +165,13 @@ async def _housekeeping(storage: Storage) -> None:
                 storage.access.dirty = True
                 log.warning("could not save the access record: %s", error)
         storage.uploads.purge_stale()
+        await asyncio.to_thread(storage.remote.flush)
 
 
 def _persist(storage: Storage, app: web.Application) -> None:
     stats = app[SERVER_STATE].stats
     stats.stopped_at = time.time()
     storage.access.flush()
+    storage.remote.flush()
     write_stats(storage.layout, stats.to_json())
     log.info("flushed access record and stats: %s", json.dumps(stats.to_json()))

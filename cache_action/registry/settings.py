@@ -33,6 +33,7 @@ FLAGS = {
     "token_lifetime": "--token-lifetime",
     "ready_file": "--ready-file",
     "log_requests": "--log-requests",
+    "lazy_source": "--lazy-source",
 }
 VARIABLES = {
     "root": "CACHE_ROOT",
@@ -45,6 +46,7 @@ VARIABLES = {
     "token_lifetime": "CACHE_TOKEN_LIFETIME",
     "ready_file": "CACHE_READY_FILE",
     "log_requests": "CACHE_LOG_REQUESTS",
+    "lazy_source": "CACHE_LAZY_SOURCE",
 }
 
 
@@ -72,6 +74,7 @@ class ServeConfig:
     log_requests: bool = False
     policy: Policy = field(default_factory=Anyone)
     tls: ssl.SSLContext | None = None
+    lazy_source: Path | None = None  # stores/factory.write_source_file's: fetch remote blobs
 
     @property
     def scheme(self) -> str:
@@ -162,4 +165,5 @@ def parse_serve_settings(values: Mapping[str, str], names: Mapping[str, str]) ->
         log_requests=_switch(*named("log_requests")),
         policy=policy,
         tls=tls,
+        lazy_source=Path(named("lazy_source")[1]) if named("lazy_source")[1] else None,
     )

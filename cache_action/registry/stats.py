@@ -21,6 +21,8 @@ class RunStats:
     manifests_pushed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    blobs_fetched: int = 0  # from the store, on first use (a lazy restore)
+    bytes_fetched: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

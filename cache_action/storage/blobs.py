@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from cache_action.storage.digests import Digest
 from cache_action.storage.files import fsync_dir, link_or_copy, write_temp
 from cache_action.storage.index import IndexStore
 from cache_action.storage.layout import Layout
+from cache_action.storage.remote import RemoteBlobs
 
 
 class BlobStore:
-    """Existence is always read from disk, never cached: a stale 'present' breaks builds."""
+    """Existence is read from disk, never cached: a stale 'present' breaks builds. Blobs a lazy
+    restore left in the store (`remote`) exist too: their record is the restored entry's."""
 
-    def __init__(self, layout: Layout, indexes: IndexStore) -> None:
+    def __init__(
+        self, layout: Layout, indexes: IndexStore, remote: RemoteBlobs | None = None
+    ) -> None:
         self.layout = layout
         self.indexes = indexes
+        self.remote = remote if remote is not None else RemoteBlobs(layout)
 
     def path(self, name: str, digest: Digest) -> Path:
         return self.layout.repo_blob(name, digest)
 
     def size(self, name: str, digest: Digest) -> int | None:
         """The blob's size in `name`, or None when the repository does not hold it."""
+        local = self.local_size(name, digest)
+        return local if local is not None else self.remote.size(name, digest)
+
+    def local_size(self, name: str, digest: Digest) -> int | None:
+        """The size of the blob's file in `name`; None when it is not on disk (yet)."""
         try:
             return os.stat(self.path(name, digest)).st_size
         except (FileNotFoundError, NotADirectoryError):
@@ -50,7 +61,7 @@ class BlobStore:
 
     def put_bytes(self, name: str, digest: Digest, data: bytes) -> None:
         """Store a small blob (a manifest) whose digest the caller computed from `data`."""
-        if self.size(name, digest) is not None:
+        if self.local_size(name, digest) is not None:
             return
         pool = self.layout.pool_blob(digest)
         if not pool.is_file():
@@ -81,6 +92,17 @@ class BlobStore:
         except (FileNotFoundError, NotADirectoryError):
             return False
         return True
+
+    def commit_fetched(self, digest: Digest, checked: Path, repositories: Iterable[str]) -> None:
+        """A blob a lazy restore left in its store has arrived and checks out: into the pool,
+        then every repository that holds it. `checked` stays (its readers keep reading)."""
+        pool = self.layout.pool_blob(digest)
+        pool.parent.mkdir(parents=True, exist_ok=True)
+        if not pool.is_file():
+            link_or_copy(checked, pool)
+        for name in repositories:
+            if self.local_size(name, digest) is None:
+                self._link(name, digest)
 
     def _link(self, name: str, digest: Digest) -> None:
         self.indexes.ensure(name)

@@ -185,9 +185,12 @@ def _collect(
         [] if serving or not layout.uploads_dir.is_dir() else list(layout.uploads_dir.iterdir())
     )
     report.uploads_deleted = len(uploads)
+    unreachable_remote = [d for d in storage.remote.blobs if Digest.parse(d) not in reachable]
     if not dry_run:
         for path in doomed + uploads:
             _remove(path)
+        storage.remote.discard(unreachable_remote)  # a lazy restore's unread blobs, unneeded
+        storage.remote.flush()
     return report
 
 

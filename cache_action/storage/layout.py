@@ -12,6 +12,7 @@
         stats.json                      the last run's counters, written at graceful shutdown
         restored.json                   what restore brought (its fingerprint skips no-op saves)
         saved.json                      when an archive of the root was saved (Actions cache)
+        remote.json                     blobs a lazy restore left in the store (storage/remote.py)
         uploads/<uuid>                  upload sessions in progress (never archived)
         lock                            flock held by whoever writes the root (serve, gc, prune)
 
@@ -81,6 +82,7 @@ class Layout:
         self.stats_path = self.meta_dir / "stats.json"
         self.restored_path = self.meta_dir / "restored.json"  # what the root held after restore
         self.saved_path = self.meta_dir / "saved.json"  # when an archived root was saved
+        self.remote_path = self.meta_dir / "remote.json"  # blobs a lazy restore left in store
         self.lock_path = self.meta_dir / "lock"
 
     def create(self) -> None:

@@ -24,6 +24,15 @@ IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = IMAGE_MANIFEST_TYPES | INDEX_TYPES
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Configs: what a client reads before it decides which layers it needs.
+CONFIG_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.container.image.v1+json",
+        "application/vnd.oci.empty.v1+json",
+        BUILDKIT_CACHE_CONFIG,
+    }
+)
 
 
 @dataclass(frozen=True)

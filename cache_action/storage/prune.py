@@ -268,8 +268,8 @@ def _problem(
         return f"missing {digest}"
     if expected is not None and size != expected:
         return f"{digest} is {size} bytes, its descriptor says {expected}"
-    if verify is Verify.FULL:
-        key = (repository, digest)
+    if verify is Verify.FULL and blobs.local_size(repository, digest) is not None:
+        key = (repository, digest)  # a blob still in its store is the store's to check
         if key not in verified:
             verified[key] = _digest_matches(blobs, repository, digest)
         if not verified[key]:

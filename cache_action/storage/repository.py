@@ -47,6 +47,7 @@ class BlobFile:
     path: Path
     size: int
     digest: Digest
+    local: bool = True  # False: still in the store a lazy restore left it in
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,14 @@ class Repository:
             raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {asked[:200]} is not in {self.name}")
         self.counters.blob_hits += 1
         self.storage.access.touch_blob(digest)
-        return BlobFile(self.storage.blobs.path(self.name, digest), size, digest)
+        local = self.storage.blobs.local_size(self.name, digest) is not None
+        return BlobFile(self.storage.blobs.path(self.name, digest), size, digest, local)
+
+    def on_disk(self, blob: BlobFile) -> BlobFile:
+        """The blob again once a fetch ended: its file, or BLOB_UNKNOWN when it failed."""
+        if self.storage.blobs.local_size(self.name, blob.digest) is None:
+            raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {blob.digest} is not in {self.name}")
+        return BlobFile(blob.path, blob.size, blob.digest)
 
     def sent(self, count: int) -> None:
         """Bytes of a response body (a Range may send less than the blob)."""

@@ -9,6 +9,7 @@ from cache_action.storage.access import AccessRecord
 from cache_action.storage.blobs import BlobStore
 from cache_action.storage.index import IndexStore
 from cache_action.storage.layout import Layout
+from cache_action.storage.remote import RemoteBlobs
 from cache_action.storage.uploads import Uploads
 
 
@@ -19,11 +20,14 @@ class Storage:
     blobs: BlobStore
     uploads: Uploads
     access: AccessRecord
+    remote: RemoteBlobs
 
     @classmethod
     def open(cls, root: Path | str) -> Storage:
         layout = Layout(root)
         layout.create()
         indexes = IndexStore(layout)
-        blobs = BlobStore(layout, indexes)
-        return cls(layout, indexes, blobs, Uploads(layout, blobs), AccessRecord.load(layout))
+        remote = RemoteBlobs.load(layout)
+        blobs = BlobStore(layout, indexes, remote)
+        uploads = Uploads(layout, blobs)
+        return cls(layout, indexes, blobs, uploads, AccessRecord.load(layout), remote)

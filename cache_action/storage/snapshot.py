@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from cache_action.errors import OCIError, StoreError
-from cache_action.storage.access import SECTIONS
+from cache_action.storage.access import SECTIONS, read_stats
 from cache_action.storage.digests import Digest
 from cache_action.storage.files import temp_name, write_atomic
 from cache_action.storage.gc import missing_closure
 from cache_action.storage.index import Descriptor, RepositoryIndex, tag_of
 from cache_action.storage.inventory import blob_files
 from cache_action.storage.layout import Layout, validate_name
+from cache_action.storage.manifests import CONFIG_TYPES, MAX_MANIFEST_BYTES, read_manifest
+from cache_action.storage.remote import Locator, RemoteBlob
 from cache_action.storage.root import Storage
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Snapshot:
     repositories: dict[str, dict[str, Any]]  # name → {"manifests": [...], "blobs": [...]}
     blobs: dict[str, int]  # digest → size
     access: dict[str, dict[str, float]] = field(default_factory=dict)
+    read_since: float | None = None  # when the run that left the root began: what it read
 
     @property
     def total_bytes(self) -> int:
@@ -52,21 +55,31 @@ class Snapshot:
         content = {"repositories": self.repositories, "blobs": self.blobs}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
-    def to_bytes(self) -> bytes:
-        document = {
+    def to_document(self) -> dict[str, Any]:
+        return {
             "format": FORMAT,
             "created_at": self.created_at,
             "repositories": self.repositories,
             "blobs": self.blobs,
             "access": self.access,
+            "read_since": self.read_since,
         }
+
+    def to_bytes(self) -> bytes:
         # Descriptors keep their key order, so a restored index.json is byte-identical.
-        return json.dumps(document).encode()
+        return json.dumps(self.to_document()).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Snapshot:
         try:
             document = json.loads(data)
+        except ValueError as error:
+            raise StoreError(f"corrupt cache entry manifest: {error}") from None
+        return cls.from_document(document)
+
+    @classmethod
+    def from_document(cls, document: Any) -> Snapshot:
+        try:
             if document.get("format") != FORMAT:
                 raise ValueError(f"unknown format {document.get('format')!r}")
             blobs = {str(Digest.parse(d)): int(n) for d, n in document["blobs"].items()}
@@ -78,7 +91,9 @@ class Snapshot:
                 for name, state in document["repositories"].items()
             }
             access = document.get("access") or {}
-            return cls(float(document["created_at"]), repositories, blobs, access)
+            since = document.get("read_since")
+            read_since = float(since) if isinstance(since, int | float) else None
+            return cls(float(document["created_at"]), repositories, blobs, access, read_since)
         except (ValueError, KeyError, TypeError, AttributeError, OCIError) as error:
             raise StoreError(f"corrupt cache entry manifest: {error}") from None
 
@@ -89,14 +104,16 @@ def take_snapshot(storage: Storage) -> Snapshot:
     blobs: dict[str, int] = {}
     for name in layout.repositories():
         index = storage.indexes.read(name) or RepositoryIndex([])
-        held = []
+        held = storage.remote.held_by(name)  # a lazy restore's unread blobs are the root's too
         for path in blob_files(layout.repository(name) / "blobs"):
-            digest = f"{path.parent.name}:{path.name}"
-            blobs[digest] = path.stat().st_size
-            held.append(digest)
+            held[f"{path.parent.name}:{path.name}"] = path.stat().st_size
+        blobs.update(held)
         repositories[name] = {"manifests": index.manifests, "blobs": sorted(held)}
     access = {section: dict(times) for section, times in storage.access.times.items()}
-    return Snapshot(time.time(), repositories, blobs, access)
+    last_run = read_stats(layout) or {}
+    started = last_run.get("started_at")
+    read_since = float(started) if isinstance(started, int | float) else None
+    return Snapshot(time.time(), repositories, blobs, access, read_since)
 
 
 @dataclass
@@ -111,27 +128,56 @@ class CorruptBlobError(StoreError):
     """A blob's bytes do not match its digest or size."""
 
 
+@dataclass(frozen=True)
+class Source:
+    """One entry to merge: its snapshot, how to get a blob of it now, and (for a lazy restore)
+    where its store keeps a blob, for the registry to get it later."""
+
+    snapshot: Snapshot
+    fetch: BlobFetcher
+    locate: Callable[[str], Locator] = lambda digest: {}
+
+
 def apply_snapshots(
-    storage: Storage, sources: Sequence[tuple[Snapshot, BlobFetcher]], workers: int = 8
+    storage: Storage, sources: Sequence[Source], workers: int = 8, lazy: bool = False
 ) -> ApplyReport:
-    """Merge `sources` (oldest first) into the root; fetch only blobs it lacks, verified."""
+    """Merge `sources` (oldest first) into the root; fetch only blobs it lacks, verified. Lazy:
+    fetch only the metadata (manifests and configs) and record every other blob as remote."""
     layout = storage.layout
     report = ApplyReport()
-    owner: dict[str, tuple[int, BlobFetcher]] = {}
-    for snapshot, fetch in sources:
-        for digest, size in snapshot.blobs.items():
-            owner[digest] = (size, fetch)
+    owner: dict[str, tuple[int, Source]] = {}
+    for source in sources:
+        for digest, size in source.snapshot.blobs.items():
+            owner[digest] = (size, source)
     missing = [d for d in owner if not layout.pool_blob(Digest.parse(d)).is_file()]
+    if lazy:
+        _fetch_metadata(storage, sources, owner, report, workers)
+        _record_remote(storage, sources, owner)
+    else:
+        _fetch_all(layout, owner, missing, report, workers)
+    for name, manifests in _merged_indexes(storage, [s.snapshot for s in sources]).items():
+        report.tags_dropped += _install_repository(storage, name, manifests, sources)
+    _merge_access(storage, [s.snapshot for s in sources])
+    storage.remote.flush()
+    return report
 
+
+def _fetch_all(
+    layout: Layout,
+    owner: dict[str, tuple[int, Source]],
+    digests: list[str],
+    report: ApplyReport,
+    workers: int,
+) -> None:
     def fetch_one(digest_text: str) -> tuple[int, int] | StoreError | OSError:
-        size, fetch = owner[digest_text]
+        size, source = owner[digest_text]
         try:
-            return _fetch_verified(layout, Digest.parse(digest_text), size, fetch)
+            return _fetch_verified(layout, Digest.parse(digest_text), size, source.fetch)
         except (StoreError, OSError) as error:
             return error
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for digest_text, fetched in zip(missing, pool.map(fetch_one, missing), strict=True):
+        for digest_text, fetched in zip(digests, pool.map(fetch_one, digests), strict=True):
             if isinstance(fetched, tuple):
                 report.blobs_fetched += 1
                 report.bytes_fetched += fetched[1]
@@ -139,10 +185,72 @@ def apply_snapshots(
             log.warning("could not restore blob %s: %s", digest_text, fetched)
             if isinstance(fetched, CorruptBlobError):
                 report.corrupt.append(digest_text)
-    for name, manifests in _merged_indexes(storage, [s for s, _ in sources]).items():
-        report.tags_dropped += _install_repository(storage, name, manifests, sources)
-    _merge_access(storage, [s for s, _ in sources])
-    return report
+
+
+def _fetch_metadata(
+    storage: Storage,
+    sources: Sequence[Source],
+    owner: dict[str, tuple[int, Source]],
+    report: ApplyReport,
+    workers: int,
+) -> None:
+    """The manifests the indexes name, the manifests and configs they name, and so on: what
+    serving a tag's HEAD and manifest GETs needs; BuildKit reads configs before layers."""
+    layout = storage.layout
+    wanted = {
+        str(entry.get("digest"))
+        for source in sources
+        for state in source.snapshot.repositories.values()
+        for entry in state["manifests"]
+    }
+    seen: set[str] = set()
+    while wanted - seen:
+        batch = sorted(d for d in wanted - seen if d in owner)
+        seen |= wanted
+        _fetch_all(layout, owner, [d for d in batch if not _in_pool(layout, d)], report, workers)
+        for digest_text in batch:
+            wanted |= _metadata_references(layout, digest_text)
+
+
+def _metadata_references(layout: Layout, digest_text: str) -> set[str]:
+    """What a manifest names that is itself metadata: manifests, and configs (an image
+    manifest's config, and an index's non-manifest children of a config type, as in
+    BuildKit's index-form caches)."""
+    path = layout.pool_blob(Digest.parse(digest_text))
+    try:
+        body = path.read_bytes() if path.stat().st_size <= MAX_MANIFEST_BYTES else b""
+    except OSError:
+        return set()
+    manifest = read_manifest(body)
+    if manifest is None:
+        return set()
+    named = {str(r.digest) for r in manifest.references if r.is_manifest and not r.external}
+    named |= {str(r.digest) for r in manifest.references if r.media_type in CONFIG_TYPES}
+    if manifest.config_media_type is not None and manifest.references:
+        named.add(str(manifest.references[0].digest))  # an image manifest's config comes first
+    return named
+
+
+def _in_pool(layout: Layout, digest_text: str) -> bool:
+    return layout.pool_blob(Digest.parse(digest_text)).is_file()
+
+
+def _record_remote(
+    storage: Storage, sources: Sequence[Source], owner: dict[str, tuple[int, Source]]
+) -> None:
+    """Every blob not on disk now stays in its store: HEADs answer from this record."""
+    holders: dict[str, set[str]] = {}
+    for source in sources:
+        for name, state in source.snapshot.repositories.items():
+            for digest in state["blobs"]:
+                holders.setdefault(digest, set()).add(name)
+    for digest, (size, source) in owner.items():
+        if not _in_pool(storage.layout, digest):
+            snapshot = source.snapshot
+            read_at = snapshot.access.get("blobs", {}).get(digest, 0.0)
+            read = snapshot.read_since is not None and read_at >= snapshot.read_since
+            holding = frozenset(holders.get(digest, ()))
+            storage.remote.add(digest, RemoteBlob(size, holding, source.locate(digest), read))
 
 
 def _fetch_verified(
@@ -199,7 +307,7 @@ def _install_repository(
     storage: Storage,
     name: str,
     manifests: list[Descriptor],
-    sources: Sequence[tuple[Snapshot, BlobFetcher]],
+    sources: Sequence[Source],
 ) -> list[str]:
     """Link the repository's blobs, then write its index with only complete tags."""
     layout, blobs = storage.layout, storage.blobs
@@ -209,7 +317,10 @@ def _install_repository(
         log.warning("skipping repository with an invalid name %r", name)
         return []
     wanted = {
-        d for s, _ in sources if name in s.repositories for d in s.repositories[name]["blobs"]
+        d
+        for source in sources
+        if name in source.snapshot.repositories
+        for d in source.snapshot.repositories[name]["blobs"]
     }
     for digest_text in sorted(wanted):
         digest = Digest.parse(digest_text)

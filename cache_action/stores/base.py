@@ -8,7 +8,7 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,10 +18,12 @@ from cache_action.errors import StoreError
 from cache_action.scopes import EntryName
 from cache_action.storage.layout import Layout
 from cache_action.storage.lock import root_lock
+from cache_action.storage.remote import Locator
 from cache_action.storage.root import Storage
 from cache_action.storage.snapshot import (
     BlobFetcher,
     Snapshot,
+    Source,
     apply_snapshots,
     record_restored,
     restored_fingerprint,
@@ -79,6 +81,8 @@ class RestoreResult:
     bytes_downloaded: int = 0
     tags_dropped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    blobs_left: int = 0  # a lazy restore's: still in the store, fetched when first read
+    bytes_left: int = 0
 
     @property
     def restored_key(self) -> str:
@@ -92,6 +96,8 @@ class RestoreResult:
             "bytes_downloaded": self.bytes_downloaded,
             "tags_dropped": self.tags_dropped,
             "seconds": round(self.seconds, 3),
+            "blobs_left": self.blobs_left,
+            "bytes_left": self.bytes_left,
         }
 
     @classmethod
@@ -104,6 +110,8 @@ class RestoreResult:
             bytes_downloaded=int(document["bytes_downloaded"]),
             tags_dropped=[str(tag) for tag in document["tags_dropped"]],
             seconds=float(document["seconds"]),
+            blobs_left=int(document.get("blobs_left", 0)),
+            bytes_left=int(document.get("bytes_left", 0)),
         )
 
 
@@ -148,8 +156,12 @@ class Store(Protocol):
 
     description: str  # for logs: no secrets
 
-    def restore(self, storage: Storage, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
-        """Per chain (one per scope), restore the first entry found; merge them into the root."""
+    def restore(
+        self, storage: Storage, chains: Sequence[Sequence[EntryName]], lazy: bool = False
+    ) -> RestoreResult:
+        """Per chain (one per scope), restore the first entry found; merge them into the root.
+        `lazy`: only the metadata; the other blobs stay in the store until a client reads one
+        (storage/remote.py)."""
         ...
 
     def save(self, storage: Storage, name: EntryName, force: bool = False) -> SaveResult:
@@ -166,6 +178,7 @@ class Found:
     snapshot: Snapshot
     fetch: BlobFetcher  # gets one of its blobs; returns the bytes it downloaded
     downloaded: int = 0  # bytes moved to find it (the Actions cache's archive)
+    locate: Callable[[str], Locator] = lambda digest: {}  # for a lazy restore: see Source
 
 
 class SnapshotStore(ABC):
@@ -176,8 +189,9 @@ class SnapshotStore(ABC):
     workers = 8
 
     @abstractmethod
-    def _find(self, chain: Sequence[EntryName], workdir: Path) -> Found | None:
-        """The first entry along `chain`; `workdir` is a scratch directory beside the root."""
+    def _find(self, chain: Sequence[EntryName], workdir: Path, lazy: bool) -> Found | None:
+        """The first entry along `chain`; `workdir` is a scratch directory beside the root.
+        `lazy`: bring only what a lazy restore needs now."""
 
     @abstractmethod
     def _put(
@@ -191,14 +205,16 @@ class SnapshotStore(ABC):
         """Blobs whose stored copy arrived corrupt: a store that can, deletes them, so the
         next save uploads a good copy."""
 
-    def restore(self, storage: Storage, chains: Sequence[Sequence[EntryName]]) -> RestoreResult:
+    def restore(
+        self, storage: Storage, chains: Sequence[Sequence[EntryName]], lazy: bool = False
+    ) -> RestoreResult:
         started = time.monotonic()
         result = RestoreResult()
         with root_lock(storage.layout, "restore"), _scratch(storage.layout) as workdir:
             found: list[Found] = []
             exact = True
             for number, chain in enumerate(chains):
-                match = self._find(chain, workdir / str(number))
+                match = self._find(chain, workdir / str(number), lazy)
                 if match is None or match.entry.name != chain[0]:
                     exact = False
                 if match is not None:
@@ -206,12 +222,14 @@ class SnapshotStore(ABC):
             if found:
                 result.hit = HitKind.EXACT if exact else HitKind.PARTIAL
                 oldest_first = sorted(found, key=lambda match: match.snapshot.created_at)
-                sources = [(match.snapshot, match.fetch) for match in oldest_first]
-                report = apply_snapshots(storage, sources, self.workers)  # the newest tag wins
+                sources = [Source(m.snapshot, m.fetch, m.locate) for m in oldest_first]
+                report = apply_snapshots(storage, sources, self.workers, lazy)  # newest tag wins
                 result.restored = [match.entry for match in found]  # this job's own scope first
                 result.blobs_downloaded = report.blobs_fetched
                 result.bytes_downloaded = sum(m.downloaded for m in found) + report.bytes_fetched
                 result.tags_dropped = report.tags_dropped
+                result.blobs_left = len(storage.remote.blobs)
+                result.bytes_left = sum(blob.size for blob in storage.remote.blobs.values())
                 self._discard(report.corrupt)
             record_restored(storage, [entry.key for entry in result.restored])
         result.seconds = time.monotonic() - started

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
+from cache_action.storage.remote import BlobSource, RemoteBlob
 from cache_action.storage.root import Storage
 from cache_action.storage.snapshot import BlobFetcher, Snapshot
 from cache_action.stores.base import EntryInfo, Found, SaveResult, SnapshotStore, StoreError
@@ -47,11 +48,21 @@ class ObjectBackend(Protocol):
     def get_object(self, key: str) -> bytes | None: ...
     def list_objects(self, prefix: str) -> list[StoredObject]: ...
     def delete_object(self, key: str) -> None: ...
+    def stream_blob(self, digest: Digest, write: Callable[[bytes], object]) -> int: ...
 
 
 def _blob_key(digest_text: str) -> str:
     digest = Digest.parse(digest_text)
     return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+class _BackendBlobs:
+    def __init__(self, backend: ObjectBackend) -> None:
+        self.backend = backend
+        self.description = backend.description
+
+    def fetch(self, digest: Digest, blob: RemoteBlob, write: Callable[[bytes], object]) -> int:
+        return self.backend.stream_blob(digest, write)
 
 
 def _pool_path(storage: Storage, digest_text: str) -> Path:
@@ -80,7 +91,8 @@ class ContentAddressedStore(SnapshotStore):
         entries = [_entry_info(name, o.key, o.size) for o in listed if o.key.endswith(".json")]
         return sorted(entries, key=lambda e: e.key, reverse=True)
 
-    def _find(self, chain: Sequence[EntryName], workdir: Path) -> Found | None:
+    def _find(self, chain: Sequence[EntryName], workdir: Path, lazy: bool) -> Found | None:
+        """Blobs are found by digest: a lazy restore needs no locator."""
         for name in chain:
             for entry in self.entries_of(name):
                 data = self.backend.get_object(entry.key)
@@ -100,6 +112,10 @@ class ContentAddressedStore(SnapshotStore):
             return snapshot.blobs[str(digest)]
 
         return fetch
+
+    def blob_source(self) -> BlobSource:
+        """Remote blobs of a lazy restore, later: the backend finds them by digest."""
+        return _BackendBlobs(self.backend)
 
     def _discard(self, digests: Iterable[str]) -> None:
         for digest in digests:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cache_action.storage.digests import Digest
@@ -44,6 +44,18 @@ class LocalBackend:
             os.link(source, target)
         except OSError:
             shutil.copyfile(source, target)
+
+    def stream_blob(self, digest: Digest, write: Callable[[bytes], object]) -> int:
+        """The blob's bytes to `write`, in order (a lazy restore's fetch); its size."""
+        try:
+            with open(self._blob(digest), "rb") as source:
+                size = 0
+                while chunk := source.read(1 << 20):
+                    write(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from {self.description}") from None
+        return size
 
     def put_object(self, key: str, data: bytes) -> None:
         write_atomic(self._path(key), data)

@@ -7,7 +7,7 @@ request at a time, so one part of a multipart transfer, not the whole file); a f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from cache_action.stores.content import StoredObject
 from cache_action.stores.full import S3_ADVICE, full_error, is_full
 from cache_action.stores.retry import (
     TRANSFER_POLICY,
+    Retry,
     RetryPolicy,
     botocore_config,
     botocore_retry_handler,
+    retry_call,
 )
 from cache_action.stores.spec import S3Spec
 
@@ -61,6 +63,7 @@ class S3Backend:
         self, settings: S3Spec, workers: int = 8, policy: RetryPolicy = TRANSFER_POLICY
     ) -> None:
         self.settings = settings
+        self.policy = policy
         self.description = f"s3://{settings.bucket}/{settings.prefix}"
         self.client: Any = boto3.session.Session().client(
             "s3",
@@ -112,6 +115,33 @@ class S3Backend:
             )
         except (BotoCoreError, ClientError, Boto3Error) as error:  # RetriesExceededError too
             raise _fail(f"download of {digest}", error) from None
+
+    def stream_blob(self, digest: Digest, write: Callable[[bytes], object]) -> int:
+        """The blob's bytes to `write`, in order, as they arrive (a lazy restore's fetch); a
+        body that breaks is resumed from where it stopped, by the retry policy. Its size."""
+        position = 0
+
+        def attempt() -> None:
+            nonlocal position
+            response = self.client.get_object(
+                Bucket=self.settings.bucket,
+                Key=self._blob_key(digest),
+                **({"Range": f"bytes={position}-"} if position else {}),
+            )
+            try:
+                for chunk in response["Body"].iter_chunks(1 << 20):
+                    write(chunk)
+                    position += len(chunk)
+            except (BotoCoreError, OSError) as error:
+                raise Retry(f"the body broke at byte {position}: {error}") from None
+
+        try:
+            retry_call(f"S3 read of {digest}", attempt, self.policy)
+        except ClientError as error:
+            raise _fail(f"read of {digest}", error) from None
+        except BotoCoreError as error:
+            raise _fail(f"read of {digest}", error) from None
+        return position
 
     def put_object(self, key: str, data: bytes) -> None:
         try:

@@ -9,7 +9,7 @@ S3_* variables in a job's environment must not change where the action writes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cache_action.errors import InputError
@@ -116,3 +116,25 @@ def _s3_spec(setting: str, url: str, options: S3Options) -> S3Spec:
         access_key_id=options.access_key_id or None,
         secret_access_key=options.secret_access_key or None,
     )
+
+
+def spec_to_json(spec: StoreSpec) -> dict[str, object]:
+    """For a process the spec is handed to (the registry fetching a lazy restore's blobs):
+    secrets included, so it goes only into a file only root can read."""
+    if isinstance(spec, LocalSpec):
+        return {"type": "local", "path": str(spec.path)}
+    if isinstance(spec, S3Spec):
+        return {"type": "s3", **{k: v for k, v in asdict(spec).items() if v is not None}}
+    return {"type": "gha", "github_token": spec.github_token}
+
+
+def spec_from_json(document: Mapping[str, object]) -> StoreSpec:
+    kind = document.get("type")
+    fields = {k: v for k, v in document.items() if k != "type"}
+    if kind == "local":
+        return LocalSpec(Path(str(fields["path"])))
+    if kind == "s3":
+        return S3Spec(**{k: str(v) for k, v in fields.items()})
+    if kind == "gha":
+        return GhaSpec(str(fields.get("github_token", "")))
+    raise ValueError(f"unknown store type {kind!r}")

@@ -18,6 +18,7 @@ import logging
 import os
 import posixpath
 import pwd
+import re
 import stat
 import tarfile
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ import zstandard
 
 from cache_action.errors import InputError
 from cache_action.stores.gha.errors import GhaCacheError
+from cache_action.stores.gha.frames import RawFrame, index_trailer
 
 log = logging.getLogger("cache_action.stores.gha")
 
@@ -46,6 +48,8 @@ class ArchiveStats:
     bytes_in: int = 0  # file content bytes read
     size: int = 0  # archive size on disk
     skipped: list[str] = field(default_factory=list)  # special files left out
+    # With blob frames: digest → [frame start, frame end, data offset in the frame, size]
+    blob_frames: dict[str, list[int]] = field(default_factory=dict)
 
 
 # --- create -------------------------------------------------------------------------------
@@ -91,9 +95,15 @@ def write_archive(
     threads: int = -1,
     arcname: str | None = None,
     not_this: Path | None = None,
+    index: dict[str, Any] | None = None,
 ) -> ArchiveStats:
     """Archive `paths` (relative to `base_dir`, or absolute inside it) into the writable `out`
     (a file, or an upload that sends the archive as it is produced).
+
+    `index` (the Actions cache store's): lay the archive out for reading one blob by range
+    (frames.py): each pool blob in a raw frame of its own, and a last skippable frame with
+    `index` and every blob's byte range. Without it, one compressed frame as actions/cache
+    writes.
 
     `exclude` names subtrees relative to `base_dir` (`.buildkit-cache/.cache-action/uploads`)
     that are left out with everything below them. `threads=-1` uses every CPU (zstdmt).
@@ -107,12 +117,13 @@ def write_archive(
     if arcname is not None and len(relative) != 1:
         raise InputError("path", list(paths), "exactly one path when it is renamed")
     skip = {_normalize_exclude(item) for item in exclude}
-    writer = _TarWriter()
     stats = ArchiveStats()
     counted = _CountingSink(out)
     compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     sink = cast(IO[bytes], counted)
     with compressor.stream_writer(sink, write_size=MiB, closefd=False) as zstd:
+        framed = _Frames(zstd, counted) if index is not None else None
+        writer = _TarWriter(framed)
         for rel in relative:
             source = base / rel if rel != "." else base
             if not os.path.lexists(source):
@@ -121,6 +132,8 @@ def write_archive(
             _add_tree(writer, zstd, source, name, skip, not_this, stats)
         writer.finish(zstd)
         zstd.flush(zstandard.FLUSH_FRAME)
+    if index is not None:
+        counted.write(index_trailer({**index, "blobs": stats.blob_frames}))
     stats.size = counted.size
     log.info(
         "archived %d members (%d files, %d hard links, %d bytes) into %d bytes",
@@ -155,6 +168,15 @@ class _CountingSink:
         flush = getattr(self._out, "flush", None)
         if flush is not None:
             flush()
+
+
+_POOL_BLOB = re.compile(r"[^/]+/blobs/([a-z0-9]+)/([a-f0-9]{32,128})")
+
+
+def _pool_digest(name: str) -> str | None:
+    """`<root>/blobs/<alg>/<hex>`: a pool blob, which gets a frame of its own."""
+    match = _POOL_BLOB.fullmatch(name)
+    return f"{match[1]}:{match[2]}" if match else None
 
 
 def _relative_to_base(base: Path, path: str) -> str:
@@ -209,10 +231,31 @@ def _add_tree(
             stats.skipped.append(name)
 
 
-class _TarWriter:
-    """pax headers from tarfile, file data copied straight into the compressor."""
+class _Frames:
+    """Switches between the compressed stream and raw frames of blob members (frames.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, compressed: Any, counted: _CountingSink) -> None:
+        self._compressed = compressed
+        self._counted = counted
+
+    @property
+    def position(self) -> int:
+        return self._counted.size
+
+    def open_raw(self) -> tuple[RawFrame, int]:
+        """End the compressed frame and start a raw one; where it starts."""
+        self._compressed.flush(zstandard.FLUSH_FRAME)
+        start = self._counted.size
+        return RawFrame(self._counted.write), start
+
+
+class _TarWriter:
+    """pax headers from tarfile, file data copied straight into the compressor; with frames,
+    each pool blob member goes into a raw frame of its own."""
+
+    def __init__(self, frames: _Frames | None = None) -> None:
+        self.frames = frames
+        self.raw: RawFrame | None = None  # the blob member being written, with frames
         self.offset = 0
         self.inodes: dict[tuple[int, int], str] = {}
         self.users: dict[int, str] = {}
@@ -246,10 +289,18 @@ class _TarWriter:
                 info.size = copy = st.st_size
                 stats.files += 1
         header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        digest = _pool_digest(name) if info.type == tarfile.REGTYPE else None
+        frames = self.frames if digest is not None else None
+        if frames is not None:
+            self.raw, start = frames.open_raw()
         self._write(out, header)
         if copy:
             self._copy(out, path, copy, name)
             stats.bytes_in += copy
+        if frames is not None and self.raw is not None and digest is not None:
+            self.raw.close()
+            self.raw = None
+            stats.blob_frames[digest] = [start, frames.position, len(header), copy]
         stats.members += 1
 
     def _copy(self, out: IO[bytes], path: str, size: int, name: str) -> None:
@@ -274,7 +325,10 @@ class _TarWriter:
             self._write(out, bytes(padding))
 
     def _write(self, out: IO[bytes], data: bytes) -> None:
-        out.write(data)
+        if self.raw is not None:
+            self.raw.write(data)
+        else:
+            out.write(data)
         self.offset += len(data)
 
     def _user(self, uid: int) -> str:

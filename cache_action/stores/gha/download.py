@@ -48,7 +48,7 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 def open_blob(url: str, options: TransferOptions = DEFAULT_TRANSFER) -> BlobReader:
     """The blob at `url` as a stream; its size is read first (HEAD)."""
-    return BlobReader(url, _remote_size(url, options), options)
+    return BlobReader(url, remote_size(url, options), options)
 
 
 def download_file(url: str, dest: Path, options: TransferOptions = DEFAULT_TRANSFER) -> int:
@@ -146,7 +146,7 @@ class BlobReader(io.RawIOBase):
 # --- the size -----------------------------------------------------------------------------
 
 
-def _remote_size(url: str, options: TransferOptions) -> int:
+def remote_size(url: str, options: TransferOptions = DEFAULT_TRANSFER) -> int:
     """Content-Length from HEAD; a server that refuses HEAD is asked for a one-byte range."""
 
     def gave_up(_tries: int, problem: str) -> TransferError:
@@ -278,3 +278,49 @@ def _check_range_answer(
             )
     elif not (status == 200 and position == 0 and end == size):
         raise _RangeRefused(f"HTTP {status} for bytes {position}-{end - 1}")
+
+
+# --- a range, as it arrives ---------------------------------------------------------------
+
+
+def read_range(
+    url: str,
+    start: int,
+    end: int,
+    sink: Callable[[bytes], object],
+    options: TransferOptions = DEFAULT_TRANSFER,
+) -> None:
+    """Bytes [start, end) of the blob at `url` to `sink`, in order, as they arrive (a lazy
+    restore's one blob); each GET retried, and resumed from where a short one stopped. A 403
+    (an expired signature) raises TransferError at once: the caller asks for a new URL."""
+    position = start
+
+    def attempt() -> None:
+        nonlocal position
+        headers = {**read_headers(), "Range": f"bytes={position}-{end - 1}"}
+        with stream("GET", url, headers=headers, timeout=options.timeout) as response:
+            check_status(response.status, response.reason, response.headers.get("Retry-After"))
+            answered = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if response.status != 206 or not answered or int(answered.group(1)) != position:
+                raise TransferError(
+                    f"download of {redact(url)} failed: HTTP {response.status} for bytes "
+                    f"{position}-{end - 1}"
+                )
+            while position < end:
+                try:
+                    chunk = response.body.read(min(MiB, end - position))
+                except (OSError, http.client.HTTPException) as error:
+                    problem = redact_text(str(error)) or type(error).__name__
+                    raise Retry(f"read failed at byte {position}: {problem}") from None
+                if not chunk:
+                    raise Retry(f"response ended at byte {position}, expected {end}")
+                sink(chunk)
+                position += len(chunk)
+
+    def gave_up(tries: int, problem: str) -> TransferError:
+        return TransferError(
+            f"download of {redact(url)} failed: bytes {start}-{end - 1} incomplete after "
+            f"{tries} attempts ({problem})"
+        )
+
+    retry_call(f"download range {start}-{end - 1}", attempt, options.retry, exhausted=gave_up)

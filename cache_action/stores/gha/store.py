@@ -19,18 +19,21 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from cache_action.errors import StoreError
 from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
-from cache_action.storage.files import write_atomic
+from cache_action.storage.files import temp_name, write_atomic
 from cache_action.storage.layout import META_DIR, Layout
+from cache_action.storage.remote import RemoteBlob, receive
 from cache_action.storage.root import Storage
 from cache_action.storage.snapshot import BlobFetcher, Snapshot, take_snapshot
 from cache_action.stores.base import EntryInfo, Found, SaveResult, SnapshotStore
 from cache_action.stores.gha.archive import write_archive
+from cache_action.stores.gha.blobs import ArchiveBlobs
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
@@ -44,7 +47,8 @@ log = logging.getLogger(__name__)
 PATH_LABEL = ".buildkit-cache"
 REPOSITORY_LIMIT = 10 * 1000**3  # GitHub's default per-repository cache allowance
 QUOTA_WARNING_SHARE = 0.8
-NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json")  # saved.json goes along
+# saved.json goes along; remote.json is empty by then (what it named was read to be saved)
+NOT_ARCHIVED = ("uploads", "lock", "restored.json", "stats.json", "remote.json")
 
 
 class GhaStore(SnapshotStore):
@@ -63,6 +67,7 @@ class GhaStore(SnapshotStore):
         self.management = management
         self.github_ref = github_ref
         self.path_label = path_label
+        self.blobs = ArchiveBlobs(client, path_label)
 
     @classmethod
     def open(cls, spec: GhaSpec, runner: RunnerContext) -> GhaStore:
@@ -78,16 +83,45 @@ class GhaStore(SnapshotStore):
 
     # --- restore ---
 
-    def _find(self, chain: Sequence[EntryName], workdir: Path) -> Found | None:
+    def _find(self, chain: Sequence[EntryName], workdir: Path, lazy: bool) -> Found | None:
         match = self.client.lookup(
             chain[0].prefix, [name.prefix for name in chain], [self.path_label]
         )
         if match is None:
             return None
+        if lazy:
+            found = self._index(chain, match)
+            if found is not None:
+                return found
+            log.info("%s has no blob index: restoring all of it", match.matched_key)
         extracted, size = self._download(match, workdir)
         snapshot = take_snapshot(extracted)
         snapshot.created_at = _saved_at(extracted.layout)  # not the time it was extracted
         return Found(_info(chain, match), snapshot, _linker(extracted.layout), downloaded=size)
+
+    def _index(self, chain: Sequence[EntryName], match: Match) -> Found | None:
+        """A lazy restore reads the archive's index, not the archive (frames.py): the entry's
+        snapshot and where each blob's frame is. Blobs are then read one by one by range."""
+        index, read = self.blobs.index(match)
+        if index is None:
+            return None
+        try:
+            snapshot = Snapshot.from_document(index["snapshot"])
+            frames = {str(d): [int(v) for v in f] for d, f in index["blobs"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError, StoreError) as error:
+            log.warning("%s has an unreadable index (%s): restoring all of it", match, error)
+            return None
+        key = match.matched_key
+
+        def locate(digest: str) -> dict[str, Any]:
+            return {"key": key, "frame": frames[digest]} if digest in frames else {}
+
+        def fetch(digest: Digest, target: Path) -> int:
+            remote = RemoteBlob(snapshot.blobs[str(digest)], frozenset(), locate(str(digest)))
+            with open(target, "wb") as out:
+                return self.blobs.fetch(digest, remote, out.write)
+
+        return Found(_info(chain, match), snapshot, fetch, downloaded=read, locate=locate)
 
     def _download(self, match: Match, folder: Path) -> tuple[Storage, int]:
         """Extract the entry while it downloads; its root and the archive's size."""
@@ -107,7 +141,26 @@ class GhaStore(SnapshotStore):
     def _put(
         self, storage: Storage, name: EntryName, snapshot: Snapshot, result: SaveResult
     ) -> None:
+        """An entry is one archive of the whole root: a lazy restore's unread blobs are read
+        now, by range from the entries they stayed in (what prune kept of them)."""
+        brought = self._bring_remote(storage)
+        if brought:
+            log.info("read %d blobs a lazy restore had left in the cache, to save them", brought)
         self._save(storage.layout, name, snapshot, result)
+
+    def _bring_remote(self, storage: Storage) -> int:
+        remote = list(storage.remote.blobs.items())
+        for digest_text, blob in remote:
+            digest = Digest.parse(digest_text)
+            tmp = temp_name(storage.layout.pool_blob(digest))
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.touch()
+            try:
+                receive(storage, digest, blob, self.blobs, tmp)
+            finally:
+                tmp.unlink(missing_ok=True)
+        storage.remote.flush()
+        return len(remote)
 
     def _save(
         self, layout: Layout, name: EntryName, snapshot: Snapshot, result: SaveResult
@@ -131,6 +184,7 @@ class GhaStore(SnapshotStore):
                 upload,
                 exclude=[f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED],
                 arcname=self.path_label,
+                index={"snapshot": snapshot.to_document()},  # blobs readable one by one
             )
         except BaseException:
             upload.abort()
