@@ -6,6 +6,7 @@ reference measured in the same run mean anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,8 +154,11 @@ def _wait_for(
         time.sleep(POLL_SECONDS)
 
 
-def start_ours(root: Path, workdir: Path, label: str = "ours") -> ServerProcess:
-    """`python -m cache_action serve` on a free loopback port; ready when it writes the file."""
+def start_ours(
+    root: Path, workdir: Path, label: str = "ours", options: Sequence[str] = ()
+) -> ServerProcess:
+    """`python -m cache_action serve` on a free loopback port; ready when it writes the file.
+    `options`: more `serve` flags."""
     ready_file = workdir / f"{label}.ready.json"
     log_path = workdir / f"{label}.log"
     ready_file.unlink(missing_ok=True)
@@ -171,6 +175,7 @@ def start_ours(root: Path, workdir: Path, label: str = "ours") -> ServerProcess:
                 "127.0.0.1:0",
                 "--ready-file",
                 str(ready_file),
+                *options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -240,3 +245,18 @@ def tool_version(*command: str) -> str:
 def settle_disk() -> None:
     """Flush dirty pages left by the previous step so its writeback does not slow the next."""
     os.sync()
+
+
+def random_file(path: Path, size: int) -> str:
+    """`size` random bytes into `path`; returns the sha256 hex."""
+    hasher = hashlib.sha256()
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(16 * MIB, remaining))
+            hasher.update(chunk)
+            out.write(chunk)
+            remaining -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return hasher.hexdigest()

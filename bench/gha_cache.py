@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MIB, median, require_tool, settle_disk, tool_version
+from bench.common import MIB, median, random_file, require_tool, settle_disk, tool_version
 from cache_action.storage.digests import Digest
 from cache_action.storage.index import descriptor
 from cache_action.storage.root import Storage
@@ -70,21 +70,6 @@ OURS, OFFICIAL = "ours", "official"
 # --- the root -----------------------------------------------------------------------------------
 
 
-def _random_file(path: Path, size: int) -> str:
-    """`size` random bytes into `path`; returns the sha256 hex."""
-    hasher = hashlib.sha256()
-    with open(path, "wb") as out:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(16 * MIB, remaining))
-            hasher.update(chunk)
-            out.write(chunk)
-            remaining -= len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    return hasher.hexdigest()
-
-
 def build_root(root: Path, total_mib: int) -> int:
     """Write the root through the storage API; returns the bytes of its blobs."""
     storage = Storage.open(root)
@@ -93,7 +78,7 @@ def build_root(root: Path, total_mib: int) -> int:
     layers = []
     for index, size in enumerate(sizes):
         temp = root / f".layer-{index}.tmp"
-        digest = Digest.parse(f"sha256:{_random_file(temp, size)}")
+        digest = Digest.parse(f"sha256:{random_file(temp, size)}")
         storage.blobs.commit(REPOSITORY, digest, temp)
         layers.append(descriptor(LAYER, digest, size))
     total = sum(sizes)

@@ -23,7 +23,7 @@ from cache_action.storage.layout import usable_root
 from cache_action.storage.prune import PrunePolicy, Verify, prune
 from cache_action.storage.root import Storage
 from cache_action.stores.base import RestoreResult, SaveResult, StoreError
-from cache_action.stores.factory import open_store
+from cache_action.stores.factory import open_store, write_source_file
 from cache_action.stores.spec import S3Options, parse_store
 from cache_action.units import parse_duration, parse_size
 
@@ -102,10 +102,12 @@ def _parser() -> argparse.ArgumentParser:
                 "--scope", action="append", required=True, help="a scope; repeat to merge several"
             )
             cmd.add_argument(
-                "--lazy",
-                action="store_true",
-                help="restore only indexes, manifests and configs; other blobs stay in the "
-                "store until `serve --lazy-source` fetches them (default: everything now)",
+                "--lazy-source",
+                type=Path,
+                metavar="FILE",
+                help="restore only indexes, manifests and configs, and write FILE (mode 0600: "
+                "it holds the store's credentials) for `serve --lazy-source FILE`, which fetches "
+                "each other blob on its first use (default: restore everything now)",
             )
             cmd.add_argument(
                 "--fallback-ref", action="append", default=[], help="tried in order after --ref"
@@ -172,8 +174,8 @@ def _serve_parser(commands: Any) -> None:
     serve_cmd.add_argument(
         "--lazy-source",
         metavar="FILE",
-        help="after a lazy restore: where to fetch the blobs it left in the store (a file "
-        "the action writes; read once, then deleted)",
+        help="after a lazy restore: where to fetch the blobs it left in the store (the file "
+        "`restore --lazy-source` wrote; read once, then deleted)",
     )
 
 
@@ -183,14 +185,18 @@ def _transfer(args: argparse.Namespace) -> int:
     namespace = validate_token("--namespace", args.namespace)
     ref = normalize_ref("--ref", args.ref)
     spec = parse_store("--store", args.store, S3Options.from_env(os.environ))
-    store = open_store(spec, RunnerContext.from_env(os.environ))
+    runner = RunnerContext.from_env(os.environ)
+    store = open_store(spec, runner)
     storage = Storage.open(usable_root("--root", args.root).root)
     try:
         if args.command == "restore":
             scopes = [validate_token("--scope", s) for s in args.scope]
             refs = [ref, *(normalize_ref("--fallback-ref", r) for r in args.fallback_ref)]
             chains = [[EntryName(namespace, s, r) for r in dict.fromkeys(refs)] for s in scopes]
-            result: RestoreResult | SaveResult = store.restore(storage, chains, lazy=args.lazy)
+            lazy = args.lazy_source is not None
+            result: RestoreResult | SaveResult = store.restore(storage, chains, lazy=lazy)
+            if lazy:
+                write_source_file(args.lazy_source, spec, runner)
         else:
             name = EntryName(namespace, validate_token("--scope", args.scope), ref)
             result = store.save(storage, name, force=args.force)

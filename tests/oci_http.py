@@ -193,4 +193,6 @@ COUNTERS = (
     "manifests_pushed",
     "bytes_in",
     "bytes_out",
+    "blobs_fetched",
+    "bytes_fetched",
 )

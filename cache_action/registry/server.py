@@ -29,6 +29,8 @@ from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import usable_root
 from cache_action.storage.lock import root_lock
+from cache_action.storage.prune import PrunePolicy, prune
+from cache_action.storage.remote import BlobSource
 from cache_action.storage.root import Storage
 
 log = logging.getLogger(__name__)
@@ -97,11 +99,39 @@ async def serve(
 
 def _lazy_fetches(config: ServeConfig, storage: Storage, state: ServerState) -> LazyFetches | None:
     """After a lazy restore: how the blobs it left in the store are fetched on first use."""
-    if config.lazy_source is None:
+    source = _blob_source(config.lazy_source)
+    if source is not None:
+        return LazyFetches(storage, source, state.stats)
+    if storage.remote:
+        _drop_unfetchable(storage)
+    return None
+
+
+def _blob_source(path: Path | None) -> BlobSource | None:
+    if path is None:
         return None
     from cache_action.stores.factory import read_source_file  # boto3 etc. only here
 
-    return LazyFetches(storage, read_source_file(config.lazy_source), state.stats)
+    try:
+        return read_source_file(path)
+    except (OSError, ValueError, KeyError, TypeError, CacheActionError) as error:
+        log.warning("--lazy-source %s is unusable: %s", path, error)
+        return None
+
+
+def _drop_unfetchable(storage: Storage) -> None:
+    """Blobs a lazy restore left in a store nobody can read now: the tags that need them go,
+    so BuildKit misses them cleanly instead of failing on "blob not found"."""
+    left = list(storage.remote.blobs)
+    storage.remote.discard(left)
+    storage.remote.flush()
+    report = prune(storage, PrunePolicy())
+    log.warning(
+        "%d blobs a lazy restore left in its store cannot be fetched without --lazy-source: "
+        "dropped the %d tags that need them (builds miss them cleanly)",
+        len(left),
+        len(report.tags_removed),
+    )
 
 
 def _announce(config: ServeConfig, storage: Storage, address: str) -> None:

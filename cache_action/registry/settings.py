@@ -46,8 +46,7 @@ VARIABLES = {
     "token_lifetime": "CACHE_TOKEN_LIFETIME",
     "ready_file": "CACHE_READY_FILE",
     "log_requests": "CACHE_LOG_REQUESTS",
-    "lazy_source": "CACHE_LAZY_SOURCE",
-}
+}  # no lazy_source: the service restores everything at start, so it has no use for one
 
 
 @dataclass(frozen=True)
@@ -156,6 +155,7 @@ def parse_serve_settings(values: Mapping[str, str], names: Mapping[str, str]) ->
     policy = choose_policy((names["listen"], listen_text), listen.loopback, credentials, insecure)
     tls = _tls_context(named("tls_cert"), named("tls_key"))
     ready_file = named("ready_file")[1]
+    lazy_source = str(values.get("lazy_source") or "").strip()  # a flag only: see VARIABLES
     return ServeConfig(
         root=Path(named("root")[1]),
         listen=listen,
@@ -165,5 +165,5 @@ def parse_serve_settings(values: Mapping[str, str], names: Mapping[str, str]) ->
         log_requests=_switch(*named("log_requests")),
         policy=policy,
         tls=tls,
-        lazy_source=Path(named("lazy_source")[1]) if named("lazy_source")[1] else None,
+        lazy_source=Path(lazy_source) if lazy_source else None,
     )

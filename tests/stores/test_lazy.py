@@ -25,6 +25,7 @@ from cache_action.scopes import EntryName
 from cache_action.storage.root import Storage
 from cache_action.stores.base import Store
 from cache_action.stores.factory import open_store, write_source_file
+from cache_action.stores.gha.store import GhaStore
 from cache_action.stores.spec import GhaSpec, LocalSpec, S3Options, StoreSpec, parse_store
 from tests.buildkit_client import (
     OCI_MANIFEST,
@@ -71,7 +72,10 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
         return Target("local", LocalSpec(tmp_path / "store"), RunnerContext.from_env({}))
     if request.param == "s3":
         return s3_target(request.getfixturevalue("seaweed"))
-    emulator: CacheEmulator = request.getfixturevalue("emulator")
+    return gha_target(request.getfixturevalue("emulator"))
+
+
+def gha_target(emulator: CacheEmulator) -> Target:
     env = {**gha_env(emulator), "GITHUB_RUN_ID": "7", "GITHUB_REPOSITORY": "o/r"}
     return Target("gha", GhaSpec(), RunnerContext.from_env(env))
 
@@ -341,6 +345,67 @@ def test_a_save_after_a_lazy_restore_carries_unread_blobs(
     assert set(built.layers) <= present
 
 
+def test_an_actions_cache_save_reads_back_what_it_can_and_drops_only_what_it_cannot(
+    emulator: CacheEmulator, built: Built, tmp_path: Path
+) -> None:
+    """The entry a lazy restore read from may be gone by the post stage (another job on the
+    same ref superseded it, or GitHub evicted it): the save still happens, without the tags
+    whose blobs could not be read back."""
+    target = gha_target(emulator)
+    lazy = lazily_served(target, built, tmp_path)
+    try:
+        for item in built.pushed["app"]:
+            got = requests.get(f"{lazy.server.url}/v2/cache/blobs/{item.digest}", timeout=TIMEOUT)
+            assert got.content == item.data
+        new = cache_export("cache", "extra", [layer(120_000, "extra")])
+        assert BuildKit(lazy.server.url).export(new)[-1].status == 201
+    finally:
+        assert lazy.server.stop() == 0
+    (seed,) = emulator.finalized()
+    emulator.blob_client(seed).delete_blob()
+    saved = target.store().save(Storage.open(lazy.root), NAME)
+    assert saved.saved, saved
+    eager = tmp_path / "eager"
+    result = target.store().restore(Storage.open(eager), [[NAME]])
+    assert result.restored[0].key == saved.key
+    index = json.loads((eager / "cache" / "index.json").read_text())
+    tags = {m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]}
+    assert tags == {"app", "extra"}  # "base" needed a layer only the deleted entry had
+    assert result.tags_dropped == []
+
+
+def test_an_actions_cache_save_does_not_read_again_what_is_already_in_the_pool(
+    emulator: CacheEmulator, built: Built, tmp_path: Path
+) -> None:
+    """A stale record (a process that kept the list from before the registry fetched) names
+    blobs the pool has: they are linked, not read back."""
+    target = gha_target(emulator)
+    lazy = lazily_served(target, built, tmp_path)
+    stale = (lazy.root / ".cache-action" / "remote.json").read_bytes()
+    try:
+        for item in built.pushed["app"]:
+            got = requests.get(f"{lazy.server.url}/v2/cache/blobs/{item.digest}", timeout=TIMEOUT)
+            assert got.content == item.data
+        new = cache_export("cache", "extra", [layer(120_000, "extra")])
+        assert BuildKit(lazy.server.url).export(new)[-1].status == 201
+    finally:
+        assert lazy.server.stop() == 0
+    (lazy.root / ".cache-action" / "remote.json").write_bytes(stale)
+    store = target.store()
+    assert isinstance(store, GhaStore)
+    fetched: list[str] = []
+    fetch = store.blobs.fetch
+
+    def counting(digest: Any, blob: Any, write: Any) -> int:
+        fetched.append(str(digest))
+        return fetch(digest, blob, write)
+
+    store.blobs.fetch = counting  # type: ignore[method-assign]
+    assert store.save(Storage.open(lazy.root), NAME).saved
+    read_by_build = {item.digest for item in built.pushed["app"]}
+    assert sorted(fetched) == sorted(set(built.layers) - read_by_build)
+
+
 # --- faults on the wire (S3 behind a proxy) --------------------------------------------------
 
 
@@ -542,3 +607,71 @@ def test_prune_treats_never_read_blobs_as_unused(
     report = prune(storage, PrunePolicy(max_size_bytes=800_000, protect_since=started))
     assert [item["tag"] for item in report.tags_removed] == ["cache:base"]
     assert set(storage.remote.blobs) == set()  # base's unread layer is forgotten too
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_restore_lazy_source_then_serve_lazy_source_from_the_command_line(
+    seaweed: S3Server, built: Built, tmp_path: Path
+) -> None:
+    """What a user of the CLI does: `restore --lazy-source F`, then `serve --lazy-source F`
+    (S3 credentials from the environment, as for any CLI store)."""
+    from tests.cli import run_cache_action
+
+    target = s3_target(seaweed)
+    assert target.store().save(Storage.open(built.root), NAME).saved
+    url = target.spec.url
+    root, source = tmp_path / "cli-root", tmp_path / "cli-source.json"
+    env = {"PATH": "/usr/bin:/bin", **seaweed.env()}
+    args = ("--root", str(root), "--store", url, "--scope", "app", "--ref", "main")
+    restored = run_cache_action(env, "restore", *args, "--lazy-source", str(source), cwd=tmp_path)
+    assert restored.code == 0, restored.stderr
+    assert restored.json["blobs_left"] == len(built.layers)
+    assert source.stat().st_mode & 0o777 == 0o600
+    server = RegistryProcess(
+        root, tmp_path / "cli.json", tmp_path / "cli.log", options=("--lazy-source", str(source))
+    ).start()
+    try:
+        for digest, data in built.layers.items():
+            got = requests.get(f"{server.url}/v2/cache/blobs/{digest}", timeout=TIMEOUT)
+            assert (got.status_code, got.content) == (200, data)
+    finally:
+        assert server.stop() == 0
+    assert not source.exists()
+
+
+def test_without_a_usable_lazy_source_the_tags_needing_remote_blobs_miss_cleanly(
+    target: Target, built: Built, tmp_path: Path
+) -> None:
+    """A source file that is gone (or unreadable) is a warning, not a registry that won't
+    start, nor tags whose layers 404 mid-build: those tags go, the rest is served."""
+    lazy = lazily_served(target, built, tmp_path)
+    url = lazy.server.url
+    read_tag = "app"
+    manifest = requests.get(
+        f"{url}/v2/cache/manifests/{read_tag}", headers={"Accept": OCI_MANIFEST}, timeout=TIMEOUT
+    )
+    assert manifest.status_code == 200
+    for layer_digest in [d["digest"] for d in manifest.json()["layers"]]:
+        assert requests.get(f"{url}/v2/cache/blobs/{layer_digest}", timeout=TIMEOUT).ok
+    assert lazy.server.stop() == 0
+    log = tmp_path / "again.log"
+    server = RegistryProcess(
+        lazy.root, tmp_path / "again.json", log, options=("--lazy-source", str(lazy.source))
+    ).start()
+    try:
+        tags = requests.get(f"{server.url}/v2/cache/tags/list", timeout=TIMEOUT).json()["tags"]
+        assert tags == [read_tag]  # "base" needed a layer still in the store
+        got = requests.get(
+            f"{server.url}/v2/cache/manifests/{read_tag}",
+            headers={"Accept": OCI_MANIFEST},
+            timeout=TIMEOUT,
+        )
+        for layer_digest in [d["digest"] for d in got.json()["layers"]]:
+            assert requests.get(f"{server.url}/v2/cache/blobs/{layer_digest}", timeout=TIMEOUT).ok
+    finally:
+        assert server.stop() == 0
+    text = log.read_text()
+    assert "--lazy-source" in text and "is unusable" in text and "dropped the 1 tags" in text
+    assert json.loads((lazy.root / ".cache-action" / "remote.json").read_text()) == {"blobs": {}}
