@@ -96,6 +96,7 @@ def write_archive(
     arcname: str | None = None,
     not_this: Path | None = None,
     index: dict[str, Any] | None = None,
+    pending: PendingFiles | None = None,
 ) -> ArchiveStats:
     """Archive `paths` (relative to `base_dir`, or absolute inside it) into the writable `out`
     (a file, or an upload that sends the archive as it is produced).
@@ -109,7 +110,8 @@ def write_archive(
     that are left out with everything below them. `threads=-1` uses every CPU (zstdmt).
     `arcname` stores a single path under another name (a root archived as `.buildkit-cache`
     wherever it lives); `exclude` is then relative to that name. `not_this` is a file left
-    out wherever it is met (the archive being written)."""
+    out wherever it is met (the archive being written). `pending` names files still arriving:
+    each is archived in its place, once it is there."""
     base = base_dir.resolve()
     relative = [_relative_to_base(base, path) for path in paths]
     if not relative:
@@ -129,7 +131,7 @@ def write_archive(
             if not os.path.lexists(source):
                 raise InputError("path", rel, f"a file or directory under {base}")
             name = _relative_to_base(base, arcname) if arcname is not None else rel
-            _add_tree(writer, zstd, source, name, skip, not_this, stats)
+            _add_tree(writer, zstd, source, name, _Walk(skip, not_this, pending), stats)
         writer.finish(zstd)
         zstd.flush(zstandard.FLUSH_FRAME)
     if index is not None:
@@ -144,6 +146,41 @@ def write_archive(
         stats.size,
     )
     return stats
+
+
+class PendingFiles(Protocol):
+    """Files that will be there, but may not be yet, while the archive is written."""
+
+    def names_in(self, directory: str) -> Iterable[str]: ...
+
+    def wait_for(self, path: str) -> None:
+        """Return once `path` is there; raise when it will not be."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """What the walk leaves out, and what it waits for."""
+
+    skip: set[str]
+    not_this: Path | None
+    pending: PendingFiles | None
+
+    def leaves_out(self, path: str, name: str) -> bool:
+        if name in self.skip or (name.startswith("./") and name[2:] in self.skip):
+            return True
+        return self.not_this is not None and path == str(self.not_this)
+
+    def children(self, path: str) -> list[str]:
+        with os.scandir(path) as entries:
+            names = {entry.name for entry in entries}
+        if self.pending is not None:
+            names.update(self.pending.names_in(path))
+        return sorted(names)
+
+    def wait_for(self, path: str) -> None:
+        if self.pending is not None:
+            self.pending.wait_for(path)
 
 
 class ArchiveSink(Protocol):
@@ -201,28 +238,19 @@ def _normalize_exclude(item: str) -> str:
 
 
 def _add_tree(
-    writer: _TarWriter,
-    out: IO[bytes],
-    source: Path,
-    arcname: str,
-    skip: set[str],
-    not_this: Path | None,
-    stats: ArchiveStats,
+    writer: _TarWriter, out: IO[bytes], source: Path, arcname: str, walk: _Walk, stats: ArchiveStats
 ) -> None:
     """`source` and, for a directory, everything below it, depth first in name order."""
     stack = [(str(source), arcname)]
     while stack:
         path, name = stack.pop()
-        if name in skip or (name.startswith("./") and name[2:] in skip):
+        if walk.leaves_out(path, name):
             continue
-        if not_this is not None and path == str(not_this):
-            continue
+        walk.wait_for(path)
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode):
             writer.add(out, name, path, st, stats)
-            with os.scandir(path) as entries:
-                children = sorted(entry.name for entry in entries)
-            for child in reversed(children):
+            for child in reversed(walk.children(path)):
                 stack.append((os.path.join(path, child), posixpath.join(name, child)))
         elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
             writer.add(out, name, path, st, stats)

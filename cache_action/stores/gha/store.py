@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -27,20 +26,21 @@ from cache_action.errors import StoreError
 from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
-from cache_action.storage.files import temp_name, write_atomic
+from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import META_DIR, Layout
 from cache_action.storage.prune import PrunePolicy, prune
-from cache_action.storage.remote import RemoteBlob, receive
+from cache_action.storage.remote import RemoteBlob
 from cache_action.storage.root import Storage
 from cache_action.storage.snapshot import BlobFetcher, Snapshot, take_snapshot
 from cache_action.stores.base import EntryInfo, Found, SaveResult, SnapshotStore
 from cache_action.stores.gha.archive import write_archive
 from cache_action.stores.gha.blobs import ArchiveBlobs
+from cache_action.stores.gha.carry import CarriedBlobs, CarryFailed
 from cache_action.stores.gha.client import GhaCacheClient
 from cache_action.stores.gha.config import GhaCacheConfig
 from cache_action.stores.gha.errors import EntryExistsError, WriteDeniedError
 from cache_action.stores.gha.extract import extract_stream
-from cache_action.stores.gha.service import Match
+from cache_action.stores.gha.service import Match, UploadTarget
 from cache_action.stores.gha_management import CacheManagement, CleanupDeniedError
 from cache_action.stores.spec import GhaSpec
 
@@ -144,8 +144,9 @@ class GhaStore(SnapshotStore):
         self, storage: Storage, name: EntryName, snapshot: Snapshot, result: SaveResult
     ) -> None:
         """An entry is one archive of the whole root: a lazy restore's unread blobs are read
-        now (after the reservation), by range from the entries they stayed in, and only what
-        prune kept of them."""
+        back (after the reservation succeeded, only what prune kept of them) while the archive
+        is written (carry.py). If one cannot be read (its entry was superseded or evicted since
+        the restore), the archive starts again without the tags that need it."""
         key = f"{name.prefix}{self.run_suffix}"
         try:  # ask first: a 409 or a read-only token costs no reading and no archiving
             target = self.client.reserve(key, self.client.version([self.path_label]))
@@ -155,72 +156,69 @@ class GhaStore(SnapshotStore):
         except WriteDeniedError as error:
             result.skipped_reason = f"the cache is read-only here ({error})"
             return
-        if storage.remote and self._bring_remote(storage):
-            snapshot = take_snapshot(storage)  # without the tags whose blobs could not come
-        saved = {"created_at": snapshot.created_at, "key": key}
-        write_atomic(storage.layout.saved_path, json.dumps(saved).encode())
-        upload = self.client.start_upload(target)
-        try:  # the archive goes straight into the upload: no archive file
-            write_archive(
-                storage.layout.root.parent,
-                [storage.layout.root.name],
-                upload,
-                exclude=[f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED],
-                arcname=self.path_label,
-                index={"snapshot": snapshot.to_document()},  # blobs readable one by one
-            )
-        except BaseException:
-            upload.abort()
-            raise
-        self.client.finish(target, upload)
-        result.bytes_uploaded = upload.size
+        carried = CarriedBlobs(storage, self.blobs, self.workers)
+        try:
+            size = self._upload(storage.layout, target, snapshot, carried)
+        except CarryFailed as error:
+            carried.close()
+            snapshot = self._without_lost_blobs(storage, error)
+            size = self._upload(storage.layout, target, snapshot, None)
+        finally:
+            carried.close()
+            storage.remote.flush()
+        if len(carried):
+            log.info("read back %d blobs (%d bytes)", len(carried), carried.bytes_read)
+        result.bytes_uploaded = size
         result.saved = True
         result.key = key
         result.blobs_uploaded = len(snapshot.blobs)
         self._delete_superseded(name, key, result)
         self._check_quota(result)
 
-    def _bring_remote(self, storage: Storage) -> bool:
-        """Read every remote blob into the root, `workers` at a time. A blob that cannot be
-        read (its entry deleted or evicted since the restore) takes the tags that need it out
-        of the save; returns whether any did."""
-        remote = [
-            item for item in list(storage.remote.blobs.items()) if not _arrived(storage, *item)
-        ]
-        started = time.monotonic()
-
-        def bring(item: tuple[str, RemoteBlob]) -> tuple[str, int, Exception | None]:
-            digest = Digest.parse(item[0])
-            tmp = temp_name(storage.layout.pool_blob(digest))
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.touch()
-            try:
-                return item[0], receive(storage, digest, item[1], self.blobs, tmp), None
-            except (StoreError, OSError) as error:
-                return item[0], 0, error
-            finally:
-                tmp.unlink(missing_ok=True)
-
-        with ThreadPoolExecutor(self.workers) as pool:
-            outcomes = list(pool.map(bring, remote))
-        failed = [(digest, error) for digest, _, error in outcomes if error is not None]
-        log.info(
-            "read %d blobs (%d bytes) a lazy restore left in the cache, in %.1f s, to save them",
-            len(remote) - len(failed),
-            sum(read for _, read, _ in outcomes),
-            time.monotonic() - started,
-        )
-        if failed:
-            storage.remote.discard(digest for digest, _ in failed)
-            dropped = prune(storage, PrunePolicy()).tags_removed  # integrity: tags needing them
-            log.warning(
-                "%d blobs could not be read back (%s): saving without the tags that need them (%s)",
-                len(failed),
-                failed[0][1],
-                ", ".join(item["tag"] for item in dropped) or "none",
+    def _upload(
+        self,
+        layout: Layout,
+        target: UploadTarget,
+        snapshot: Snapshot,
+        pending: CarriedBlobs | None,
+    ) -> int:
+        """Archive the root into the reserved entry and finalize it; the archive's size."""
+        saved = {"created_at": snapshot.created_at, "key": target.key}
+        write_atomic(layout.saved_path, json.dumps(saved).encode())
+        upload = self.client.start_upload(target)
+        try:  # the archive goes straight into the upload: no archive file
+            write_archive(
+                layout.root.parent,
+                [layout.root.name],
+                upload,
+                exclude=[f"{self.path_label}/{META_DIR}/{item}" for item in NOT_ARCHIVED],
+                arcname=self.path_label,
+                index={"snapshot": snapshot.to_document()},  # blobs readable one by one
+                pending=pending,
             )
-        storage.remote.flush()
-        return bool(failed)
+        except BaseException:
+            upload.abort()
+            raise
+        self.client.finish(target, upload)
+        return upload.size
+
+    def _without_lost_blobs(self, storage: Storage, error: CarryFailed) -> Snapshot:
+        """Read what can still be read; the tags needing what cannot go (prune's integrity
+        rule); the snapshot to save instead."""
+        again = CarriedBlobs(storage, self.blobs, self.workers)
+        try:
+            lost = again.drain()
+        finally:
+            again.close()
+        storage.remote.discard(lost)
+        dropped = prune(storage, PrunePolicy()).tags_removed
+        log.warning(
+            "%s; %d blobs are lost: saving without the tags that need them (%s)",
+            error,
+            len(lost),
+            ", ".join(item["tag"] for item in dropped) or "none",
+        )
+        return take_snapshot(storage)
 
     def _check_quota(self, result: SaveResult) -> None:
         """Warn before GitHub starts evicting: past the limit it deletes least recently used
@@ -299,21 +297,6 @@ def _info(chain: Sequence[EntryName], match: Match) -> EntryInfo:
         if match.matched_key.startswith(name.prefix):
             return EntryInfo(name, match.matched_key, 0.0)
     return EntryInfo(chain[0], match.matched_key, 0.0)
-
-
-def _arrived(storage: Storage, digest_text: str, blob: RemoteBlob) -> bool:
-    """A remote blob already in the pool (a record another process kept from before it came):
-    linked where it belongs and no longer remote, not read again."""
-    digest = Digest.parse(digest_text)
-    pool = storage.layout.pool_blob(digest)
-    try:
-        if pool.stat().st_size != blob.size:
-            return False
-    except FileNotFoundError:
-        return False
-    storage.blobs.commit_fetched(digest, pool, blob.repositories)
-    storage.remote.discard([digest_text])
-    return True
 
 
 def _saved_at(extracted: Layout) -> float:
