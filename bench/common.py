@@ -22,8 +22,14 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from cache_action.storage.digests import Digest
+from cache_action.storage.index import descriptor
+from cache_action.storage.root import Storage
 
 MIB = 1024 * 1024
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 POLL_SECONDS = 0.02
 START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 60.0
@@ -260,3 +266,36 @@ def random_file(path: Path, size: int) -> str:
         out.flush()
         os.fsync(out.fileno())
     return hasher.hexdigest()
+
+
+def put_small(storage: Storage, repository: str, data: bytes) -> Digest:
+    """A manifest or config into a root, through the storage API."""
+    digest = Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}")
+    storage.blobs.put_bytes(repository, digest, data)
+    return digest
+
+
+def tag_manifest(
+    storage: Storage,
+    repository: str,
+    tag: str,
+    config: tuple[str, bytes],
+    layers: list[dict[str, Any]],
+) -> int:
+    """An OCI image manifest of `config` (media type, bytes) and `layers` (descriptors of
+    blobs already in the root), tagged `tag`; returns the bytes it added."""
+    media_type, data = config
+    config_digest = put_small(storage, repository, data)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(media_type, config_digest, len(data)),
+            "layers": layers,
+        }
+    ).encode()
+    manifest_digest = put_small(storage, repository, manifest)
+    storage.indexes.set_tag(
+        repository, tag, descriptor(OCI_MANIFEST, manifest_digest, len(manifest), tag)
+    )
+    return len(data) + len(manifest)

@@ -44,7 +44,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MIB, median, random_file, require_tool, settle_disk, tool_version
+from bench.common import (
+    MIB,
+    median,
+    random_file,
+    require_tool,
+    settle_disk,
+    tag_manifest,
+    tool_version,
+)
 from cache_action.storage.digests import Digest
 from cache_action.storage.index import descriptor
 from cache_action.storage.root import Storage
@@ -60,7 +68,6 @@ SCOPE = "bench"
 # Layer shares of the total, largest first (eight layers, as a typical application image).
 LAYER_WEIGHTS = (32, 20, 14, 10, 8, 6, 6, 4)
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 STEP_TIMEOUT_SECONDS = 900
 RATIO_TARGET = 0.7
@@ -86,27 +93,8 @@ def build_root(root: Path, total_mib: int) -> int:
         config = json.dumps(
             {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}, "tag": tag}
         ).encode()
-        config_digest = _put_small(storage, config)
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": MANIFEST,
-                "config": descriptor(CONFIG, config_digest, len(config)),
-                "layers": chosen,
-            }
-        ).encode()
-        manifest_digest = _put_small(storage, manifest)
-        storage.indexes.set_tag(
-            REPOSITORY, tag, descriptor(MANIFEST, manifest_digest, len(manifest), tag)
-        )
-        total += len(config) + len(manifest)
+        total += tag_manifest(storage, REPOSITORY, tag, (CONFIG, config), chosen)
     return total
-
-
-def _put_small(storage: Storage, data: bytes) -> Digest:
-    digest = Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}")
-    storage.blobs.put_bytes(REPOSITORY, digest, data)
-    return digest
 
 
 def blob_files(root: Path) -> dict[str, Path]:

@@ -47,7 +47,15 @@ from typing import Any
 
 import requests
 
-from bench.common import MIB, median, random_file, settle_disk, start_ours
+from bench.common import (
+    MIB,
+    OCI_MANIFEST,
+    median,
+    random_file,
+    settle_disk,
+    start_ours,
+    tag_manifest,
+)
 from bench.s3_incremental import CountingProxy
 from cache_action.runner import RunnerContext
 from cache_action.scopes import EntryName
@@ -65,7 +73,6 @@ from tests.seaweed import S3Server, find_weed, running_seaweed
 REPOSITORY = "cache"
 TAG = "app"
 CACHE_CONFIG = "application/vnd.buildkit.cacheconfig.v0"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 BRANCH = "refs/heads/feature"
 SEED = EntryName("bench", "app", DEFAULT_BRANCH)
@@ -106,26 +113,7 @@ def cache_config(layers: list[dict[str, Any]]) -> bytes:
 
 
 def put_manifest(storage: Storage, layers: list[dict[str, Any]]) -> None:
-    config = cache_config(layers)
-    config_digest = put_small(storage, config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(CACHE_CONFIG, config_digest, len(config)),
-            "layers": layers,
-        }
-    ).encode()
-    manifest_digest = put_small(storage, manifest)
-    storage.indexes.set_tag(
-        REPOSITORY, TAG, descriptor(OCI_MANIFEST, manifest_digest, len(manifest), TAG)
-    )
-
-
-def put_small(storage: Storage, data: bytes) -> Digest:
-    digest = Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}")
-    storage.blobs.put_bytes(REPOSITORY, digest, data)
-    return digest
+    tag_manifest(storage, REPOSITORY, TAG, (CACHE_CONFIG, cache_config(layers)), layers)
 
 
 def build_cache(root: Path, size_mib: int, count: int, read_count: int) -> Cache:

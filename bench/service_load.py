@@ -52,7 +52,15 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import ServerProcess, _wait_for, free_port, median, require_tool, tool_version
+from bench.common import (
+    OCI_MANIFEST,
+    ServerProcess,
+    _wait_for,
+    free_port,
+    median,
+    require_tool,
+    tool_version,
+)
 from tests.credentials import Pki, make_pki, write_htpasswd
 
 USER = "load"
@@ -61,7 +69,6 @@ HTPASSWD_DEFAULT_COST = 5
 SHARED_LAYERS = 8
 TAGS_PER_CLIENT = 4  # a builder re-exports its few scopes; tags move, they do not pile up
 REPOSITORY = "cache"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REQUEST_TIMEOUT_SECONDS = 60
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
