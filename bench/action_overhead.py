@@ -31,14 +31,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import MIB, median, require_tool, settle_disk
+from bench.common import MIB, median, require_tool, scratch_dir, settle_disk, write_report
 from tests.images import make_image
 from tests.runner import (
     RunnerJob,
@@ -295,16 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.size_mb < 1 or args.rounds < 1:
         raise SystemExit("error: --size-mb and --rounds must be at least 1")
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="action-bench-", dir=args.workdir))
-    try:
+    with scratch_dir(args.workdir, "action-bench-") as workdir:
         document = run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_report(args.json, document)
     return 0
 
 

@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -42,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import MIB, median, require_tool, settle_disk
+from bench.common import MIB, median, require_tool, scratch_dir, settle_disk, write_report
 from tests.components import RegistryProcess
 from tests.docker_images import push_digest
 from tests.runner import (
@@ -251,16 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.rounds < 1:
         raise SystemExit("error: --rounds must be at least 1")
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="cold-start-bench-", dir=args.workdir))
-    try:
+    with scratch_dir(args.workdir, "cold-start-bench-") as workdir:
         document = run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_report(args.json, document)
     return 0
 
 

@@ -6,6 +6,7 @@ reference measured in the same run mean anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,11 +16,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,10 +205,10 @@ storage:
     rootdirectory: {root}
   delete:
     enabled: true
-http:
+{auth}http:
   addr: {address}
   draintimeout: 10s
-"""
+{tls}"""
 
 
 def _answers_v2(address: str) -> bool:
@@ -217,16 +219,26 @@ def _answers_v2(address: str) -> bool:
         return False
 
 
-def start_reference(root: Path, workdir: Path, label: str = "reference") -> ServerProcess:
+def start_reference(
+    root: Path,
+    workdir: Path,
+    label: str = "reference",
+    *,
+    auth: str = "",
+    tls: str = "",
+    answers: Callable[[str], bool] | None = None,
+) -> ServerProcess:
     """`docker-registry serve CONFIG.yml` (CNCF distribution) on a free loopback port.
 
     The access log is off, as it is by default in ours, so neither pays for request logging;
     `draintimeout` makes it finish requests and exit 0 on SIGTERM (without it, SIGTERM kills it).
+    `auth` and `tls` are YAML sections (`tls` indented under `http`); `answers(address)` says
+    it is up (default: plain-HTTP `/v2/` answers 200).
     """
     binary = require_tool("docker-registry")
     address = f"127.0.0.1:{free_port()}"
     config = workdir / f"{label}.yml"
-    config.write_text(REFERENCE_CONFIG.format(root=root, address=address))
+    config.write_text(REFERENCE_CONFIG.format(root=root, address=address, auth=auth, tls=tls))
     log_path = workdir / f"{label}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -235,7 +247,8 @@ def start_reference(root: Path, workdir: Path, label: str = "reference") -> Serv
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    _wait_for(process, log_path, lambda: _answers_v2(address), "docker-registry")
+    ready = answers or _answers_v2
+    _wait_for(process, log_path, lambda: ready(address), "docker-registry")
     return ServerProcess(label, process, address, log_path)
 
 
@@ -299,3 +312,22 @@ def tag_manifest(
         repository, tag, descriptor(OCI_MANIFEST, manifest_digest, len(manifest), tag)
     )
     return len(data) + len(manifest)
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
+    """One run's temporary directory, under `--workdir` when given; removed afterwards."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_report(path: Path | None, document: Any) -> None:
+    """`--json FILE`: the run's document, when asked for."""
+    if path is not None:
+        path.write_text(json.dumps(document, indent=1) + "\n")
+        print(f"wrote {path}")

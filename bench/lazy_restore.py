@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,9 +51,11 @@ from bench.common import (
     OCI_MANIFEST,
     median,
     random_file,
+    scratch_dir,
     settle_disk,
     start_ours,
     tag_manifest,
+    write_report,
 )
 from bench.s3_incremental import CountingProxy
 from cache_action.runner import RunnerContext
@@ -267,6 +268,25 @@ def run_job(target: Target, cache: Cache, kind: str, mode: str, number: int, wor
     return job
 
 
+def run_jobs(target: Target, cache: Cache, args: argparse.Namespace, work: Path) -> list[Job]:
+    """Seed the store with the cache, then every round's jobs, eager and lazy alternating."""
+    seeded = target.store(target.runner_of_next_job()).save(
+        Storage.open(cache.root),
+        SEED,
+        force=True,  # also saved to the other store
+    )
+    if not seeded.saved:
+        raise RuntimeError(f"seeding {target.kind} failed: {seeded.to_json()}")
+    jobs = []
+    for number in range(args.rounds):
+        for kind in args.kinds.split(","):
+            for mode in MODES if number % 2 == 0 else MODES[::-1]:
+                job = run_job(target, cache, kind, mode, number, work)
+                print(json.dumps(asdict(job)), file=sys.stderr)
+                jobs.append(job)
+    return jobs
+
+
 def build(url: str, cache: Cache, kind: str, work: Path) -> int:
     """BuildKit's import of the cache (the layers it needs, hashed as they arrive) and its
     re-export; `changed` pushes a new last layer and manifest. Returns the layer bytes read."""
@@ -409,42 +429,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="lazy-restore-", dir=args.workdir))
     jobs: list[Job] = []
-    try:
+    with scratch_dir(args.workdir, "lazy-restore-") as work:
         cache = build_cache(work / "seed", args.size_mb, args.layers, args.read_layers)
         for kind_of_store in args.stores.split(","):
             opened = s3_target if kind_of_store == "s3" else gha_target
             with opened(work / kind_of_store) as target:
-                seeded = target.store(target.runner_of_next_job()).save(
-                    Storage.open(cache.root),
-                    SEED,
-                    force=True,  # also saved to the other store
-                )
-                if not seeded.saved:
-                    raise RuntimeError(f"seeding {kind_of_store} failed: {seeded.to_json()}")
-                for number in range(args.rounds):
-                    for kind in args.kinds.split(","):
-                        order = MODES if number % 2 == 0 else MODES[::-1]
-                        for mode in order:
-                            job = run_job(target, cache, kind, mode, number, work)
-                            print(json.dumps(asdict(job)), file=sys.stderr)
-                            jobs.append(job)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                jobs += run_jobs(target, cache, args, work)
     groups = summarize(jobs)
     print_report(groups, cache)
-    if args.json is not None:
-        document = {
-            "cpus": os.cpu_count(),
-            "size_bytes": cache.total_bytes,
-            "layers": len(cache.layers),
-            "read_bytes": sum(int(d["size"]) for d in cache.read),
-            "targets": TARGETS,
-            "groups": groups,
-            "jobs": [asdict(j) for j in jobs],
-        }
-        args.json.write_text(json.dumps(document, indent=1))
+    document = {
+        "cpus": os.cpu_count(),
+        "size_bytes": cache.total_bytes,
+        "layers": len(cache.layers),
+        "read_bytes": sum(int(d["size"]) for d in cache.read),
+        "targets": TARGETS,
+        "groups": groups,
+        "jobs": [asdict(j) for j in jobs],
+    }
+    write_report(args.json, document)
     return 0
 
 

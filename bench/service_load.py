@@ -40,10 +40,11 @@ import random
 import re
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,12 +56,11 @@ import aiohttp
 from bench.common import (
     OCI_MANIFEST,
     ServerProcess,
-    _wait_for,
-    free_port,
     median,
-    require_tool,
     tool_version,
 )
+from bench.common import start_ours as common_start_ours
+from bench.common import start_reference as common_start_reference
 from tests.credentials import Pki, make_pki, write_htpasswd
 
 USER = "load"
@@ -77,73 +77,15 @@ _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
 def start_ours(workdir: Path, pki: Pki, htpasswd: Path) -> ServerProcess:
-    ready = workdir / "ours.ready.json"
-    log_path = workdir / "ours.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cache_action",
-                "serve",
-                *("--root", str(workdir / "ours-root")),
-                *("--listen", "127.0.0.1:0", "--ready-file", str(ready)),
-                *("--htpasswd", str(htpasswd)),
-                *("--tls-cert", str(pki.cert), "--tls-key", str(pki.key)),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    _wait_for(process, log_path, ready.exists, "our registry")
-    address = str(json.loads(ready.read_text())["address"])
-    return ServerProcess("ours", process, address, log_path)
-
-
-REFERENCE_CONFIG = """\
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-auth:
-  htpasswd:
-    realm: load
-    path: {htpasswd}
-http:
-  addr: {address}
-  draintimeout: 10s
-  tls:
-    certificate: {cert}
-    key: {key}
-"""
+    options = ("--htpasswd", str(htpasswd), "--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+    return common_start_ours(workdir / "ours-root", workdir, "ours", options)
 
 
 def start_reference(workdir: Path, pki: Pki, htpasswd: Path) -> ServerProcess:
-    binary = require_tool("docker-registry")
-    address = f"127.0.0.1:{free_port()}"
-    config = workdir / "reference.yml"
-    config.write_text(
-        REFERENCE_CONFIG.format(
-            root=workdir / "reference-root",
-            htpasswd=htpasswd,
-            address=address,
-            cert=pki.cert,
-            key=pki.key,
-        )
-    )
-    log_path = workdir / "reference.log"
+    """distribution with the same users and certificate."""
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
 
-    def answers() -> bool:
-        import urllib.error
-        import urllib.request
-
+    def answers(address: str) -> bool:
         try:
             urllib.request.urlopen(f"https://{address}/v2/", timeout=2, context=context)
         except urllib.error.HTTPError as error:
@@ -152,15 +94,13 @@ def start_reference(workdir: Path, pki: Pki, htpasswd: Path) -> ServerProcess:
             return False
         return True
 
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [binary, "serve", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    _wait_for(process, log_path, answers, "docker-registry")
-    return ServerProcess("reference", process, address, log_path)
+    return common_start_reference(
+        workdir / "reference-root",
+        workdir,
+        auth=f"auth:\n  htpasswd:\n    realm: load\n    path: {htpasswd}\n",
+        tls=f"  tls:\n    certificate: {pki.cert}\n    key: {pki.key}\n",
+        answers=answers,
+    )
 
 
 # --- a client ---------------------------------------------------------------------------------

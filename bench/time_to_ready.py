@@ -22,13 +22,11 @@ It is a report: nothing is asserted on times. Each container is removed after it
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, median, require_tool
+from bench.common import free_port, median, require_tool, scratch_dir, write_report
 from tests.runner import INSTANCE_LABEL, build_action_image, ensure_test_base_image
 
 POLL_SECONDS = 0.01
@@ -153,17 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.rounds < 1:
         raise SystemExit("error: --rounds must be at least 1")
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="ready-bench-", dir=args.workdir))
-    try:
+    with scratch_dir(args.workdir, "ready-bench-") as workdir:
         document = run(args, workdir)
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(workdir)
-    if args.json is not None:
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    write_report(args.json, document)
     return 0
 
 
