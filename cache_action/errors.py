@@ -9,7 +9,8 @@ CacheActionError                anything this package reports to a user
 │   ├── StoreFullError          the store refuses writes: its quota or its disk is used up
 │   │   └── QuotaError          the Actions cache's allowance (stores/gha/errors.py; also a
 │   │                           GhaCacheError)
-│   ├── CorruptBlobError        a restored blob fails its digest or size (storage/snapshot.py)
+│   ├── CorruptBlobError        a blob from a store fails its digest or size (storage/digests.py)
+│   ├── CarryFailed             a blob a save must carry could not be read back (gha/carry.py)
 │   ├── CleanupDeniedError      the token may not delete caches: advice (stores/gha_management.py)
 │   ├── RateLimitedError        HTTP 429 for longer than we wait (stores/retry.py)
 │   ├── GhaConfigError          the runner gave no cache service (stores/gha/errors.py)

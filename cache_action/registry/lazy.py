@@ -30,8 +30,7 @@ from aiohttp import web
 from cache_action.errors import ErrorCode, OCIError, StoreError
 from cache_action.registry.stats import RunStats
 from cache_action.storage.digests import Digest
-from cache_action.storage.files import temp_name
-from cache_action.storage.remote import BlobSource, receive
+from cache_action.storage.remote import BlobSource, RemoteBlob, receive, temp_for
 from cache_action.storage.repository import BlobFile
 from cache_action.storage.root import Storage
 
@@ -50,7 +49,7 @@ class _Stopping(StoreError):
 @dataclass
 class _Fetch:
     digest: Digest
-    size: int
+    blob: RemoteBlob
     tmp: Path
     written: int = 0
     done: bool = False
@@ -82,10 +81,7 @@ class LazyFetches:
         blob = self.storage.remote.get(digest)
         if blob is None:
             return None
-        tmp = temp_name(self.storage.layout.pool_blob(digest))
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch(exist_ok=False)
-        fetch = _Fetch(digest, blob.size, tmp)
+        fetch = _Fetch(digest, blob, temp_for(self.storage, digest))
         self._fetches[str(digest)] = fetch
         task = asyncio.get_running_loop().create_task(self._download(fetch))
         self._background.add(task)
@@ -94,7 +90,6 @@ class LazyFetches:
 
     async def _download(self, fetch: _Fetch) -> None:
         loop = asyncio.get_running_loop()
-        blob = self.storage.remote.get(fetch.digest)
 
         def on_data(count: int) -> None:  # in the download's thread
             if self._stopping:
@@ -102,14 +97,12 @@ class LazyFetches:
             loop.call_soon_threadsafe(self._advance, fetch, count)
 
         try:
-            if blob is None:
-                raise StoreError(f"blob {fetch.digest} is no longer remote")
             downloaded = await loop.run_in_executor(
                 self._threads,
                 receive,
                 self.storage,
                 fetch.digest,
-                blob,
+                fetch.blob,
                 self.source,
                 fetch.tmp,
                 on_data,
@@ -166,11 +159,11 @@ class LazyFetches:
         headers: dict[str, str],
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=headers)
-        response.content_length = fetch.size
+        response.content_length = fetch.blob.size
         await response.prepare(request)
         descriptor = data.fileno()
         sent = 0
-        while sent < fetch.size:
+        while sent < fetch.blob.size:
             if _sendable(fetch) > sent:
                 chunk = os.pread(descriptor, min(CHUNK, _sendable(fetch) - sent), sent)
                 await response.write(chunk)
@@ -235,8 +228,8 @@ def _sendable(fetch: _Fetch) -> int:
     """How much a client may have: the last byte waits for the digest to check out, so a
     corrupt download never reaches a client whole."""
     if fetch.done and fetch.failed is None:
-        return fetch.size
-    return min(fetch.written, fetch.size - 1)
+        return fetch.blob.size
+    return min(fetch.written, fetch.blob.size - 1)
 
 
 def _beyond(fetch: _Fetch, position: int) -> bool:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache_action.errors import ErrorCode, OCIError
+from cache_action.errors import ErrorCode, OCIError, StoreError
 
 _ENCODED = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
 _GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
@@ -67,3 +67,7 @@ class UnsupportedDigest(OCIError):
 def looks_like_digest(text: str) -> bool:
     """A reference with a colon can only be a digest (tags may not contain one)."""
     return ":" in text
+
+
+class CorruptBlobError(StoreError):
+    """A blob that came from a store does not match its digest or size."""

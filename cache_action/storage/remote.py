@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cache_action.errors import OCIError, StoreError
-from cache_action.storage.digests import Digest
-from cache_action.storage.files import write_atomic
+from cache_action.errors import OCIError
+from cache_action.storage.digests import CorruptBlobError, Digest
+from cache_action.storage.files import temp_name, write_atomic
 from cache_action.storage.layout import Layout
 
 if TYPE_CHECKING:
@@ -143,6 +143,14 @@ class BlobSource(Protocol):
         ...
 
 
+def temp_for(storage: Storage, digest: Digest) -> Path:
+    """An empty temporary file beside the blob's pool name, for `receive` to write."""
+    tmp = temp_name(storage.layout.pool_blob(digest))
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.touch(exist_ok=False)
+    return tmp
+
+
 def receive(
     storage: Storage,
     digest: Digest,
@@ -151,7 +159,7 @@ def receive(
     tmp: Path,
     on_data: Callable[[int], None] | None = None,
 ) -> int:
-    """Bring one remote blob into the root: written to `tmp` (which the caller made, and may
+    """Bring one remote blob into the root: written to `tmp` (`temp_for`'s, and the caller may
     read while it grows: `on_data` says how much is there), checked against its digest and
     size, then linked into the pool and every repository that holds it, and no longer
     remote. Nothing is visible under the blob's name before it checks out. Returns the bytes
@@ -163,7 +171,7 @@ def receive(
         def write(data: bytes) -> None:
             nonlocal written
             if written + len(data) > blob.size:
-                raise CorruptRemoteBlob(f"blob {digest} is longer than its {blob.size} bytes")
+                raise CorruptBlobError(f"blob {digest} is longer than its {blob.size} bytes")
             out.write(data)
             out.flush()
             hasher.update(data)
@@ -173,11 +181,7 @@ def receive(
 
         downloaded = source.fetch(digest, blob, write)
     if written != blob.size or hasher.hexdigest() != digest.hex:
-        raise CorruptRemoteBlob(f"blob {digest} arrived corrupt ({written} bytes); dropped")
+        raise CorruptBlobError(f"blob {digest} arrived corrupt ({written} bytes); dropped")
     storage.blobs.commit_fetched(digest, tmp, blob.repositories)
     storage.remote.discard([str(digest)])
     return downloaded
-
-
-class CorruptRemoteBlob(StoreError):
-    """A remote blob's bytes do not match its digest or size."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from cache_action.errors import OCIError, StoreError
 from cache_action.storage.access import SECTIONS, read_stats
-from cache_action.storage.digests import Digest
+from cache_action.storage.digests import CorruptBlobError, Digest
 from cache_action.storage.files import temp_name, write_atomic
 from cache_action.storage.gc import missing_closure
 from cache_action.storage.index import Descriptor, RepositoryIndex, tag_of
@@ -124,10 +124,6 @@ class ApplyReport:
     corrupt: list[str] = field(default_factory=list)  # digests whose stored copy is bad
 
 
-class CorruptBlobError(StoreError):
-    """A blob's bytes do not match its digest or size."""
-
-
 @dataclass(frozen=True)
 class Source:
     """One entry to merge: its snapshot, how to get a blob of it now, and (for a lazy restore)
@@ -149,11 +145,11 @@ def apply_snapshots(
     for source in sources:
         for digest, size in source.snapshot.blobs.items():
             owner[digest] = (size, source)
-    missing = [d for d in owner if not layout.pool_blob(Digest.parse(d)).is_file()]
     if lazy:
         _fetch_metadata(storage, sources, owner, report, workers)
         _record_remote(storage, sources, owner)
     else:
+        missing = [d for d in owner if not _in_pool(layout, d)]
         _fetch_all(layout, owner, missing, report, workers)
     for name, manifests in _merged_indexes(storage, [s.snapshot for s in sources]).items():
         report.tags_dropped += _install_repository(storage, name, manifests, sources)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from cache_action.errors import StoreError
 from cache_action.storage.digests import Digest
-from cache_action.storage.files import temp_name
-from cache_action.storage.remote import BlobSource, RemoteBlob, receive
+from cache_action.storage.remote import BlobSource, RemoteBlob, receive, temp_for
 from cache_action.storage.root import Storage
 
 log = logging.getLogger(__name__)
@@ -92,9 +91,7 @@ class CarriedBlobs:
 
     def _bring(self, digest_text: str, blob: RemoteBlob) -> int:
         digest = Digest.parse(digest_text)
-        tmp = temp_name(self.storage.layout.pool_blob(digest))
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.touch()
+        tmp = temp_for(self.storage, digest)
         try:
             read = receive(self.storage, digest, blob, self.source, tmp)
         finally:
