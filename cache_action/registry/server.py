@@ -29,7 +29,7 @@ from cache_action.storage.access import write_stats
 from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import usable_root
 from cache_action.storage.lock import root_lock
-from cache_action.storage.prune import PrunePolicy, prune
+from cache_action.storage.prune import forget_remote
 from cache_action.storage.remote import BlobSource
 from cache_action.storage.root import Storage
 
@@ -120,17 +120,13 @@ def _blob_source(path: Path | None) -> BlobSource | None:
 
 
 def _drop_unfetchable(storage: Storage) -> None:
-    """Blobs a lazy restore left in a store nobody can read now: the tags that need them go,
-    so BuildKit misses them cleanly instead of failing on "blob not found"."""
     left = list(storage.remote.blobs)
-    storage.remote.discard(left)
-    storage.remote.flush()
-    report = prune(storage, PrunePolicy())
+    dropped = forget_remote(storage, left)
     log.warning(
         "%d blobs a lazy restore left in its store cannot be fetched without --lazy-source: "
         "dropped the %d tags that need them (builds miss them cleanly)",
         len(left),
-        len(report.tags_removed),
+        len(dropped),
     )
 
 

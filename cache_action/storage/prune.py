@@ -98,6 +98,15 @@ def prune(
         return _prune(storage, policy, clock())
 
 
+def forget_remote(storage: Storage, digests: list[str]) -> list[str]:
+    """Blobs a lazy restore left in a store that can no longer deliver them: no longer the
+    root's, and the tags that need them go (the integrity rule), so BuildKit misses them
+    cleanly instead of failing on "blob not found". Returns those tags."""
+    storage.remote.discard(digests)
+    storage.remote.flush()
+    return [item["tag"] for item in prune(storage, PrunePolicy()).tags_removed]
+
+
 def _prune(storage: Storage, policy: PrunePolicy, now: float) -> PruneReport:
     layout = storage.layout
     report = PruneReport(dry_run=policy.dry_run)

@@ -28,7 +28,7 @@ from cache_action.scopes import EntryName
 from cache_action.storage.digests import Digest
 from cache_action.storage.files import write_atomic
 from cache_action.storage.layout import META_DIR, Layout
-from cache_action.storage.prune import PrunePolicy, prune
+from cache_action.storage.prune import forget_remote
 from cache_action.storage.remote import RemoteBlob
 from cache_action.storage.root import Storage
 from cache_action.storage.snapshot import BlobFetcher, Snapshot, take_snapshot
@@ -203,20 +203,19 @@ class GhaStore(SnapshotStore):
         return upload.size
 
     def _without_lost_blobs(self, storage: Storage, error: CarryFailed) -> Snapshot:
-        """Read what can still be read; the tags needing what cannot go (prune's integrity
-        rule); the snapshot to save instead."""
+        """Read what can still be read, forget what cannot (and the tags needing it); the
+        snapshot to save instead."""
         again = CarriedBlobs(storage, self.blobs, self.workers)
         try:
             lost = again.drain()
         finally:
             again.close()
-        storage.remote.discard(lost)
-        dropped = prune(storage, PrunePolicy()).tags_removed
+        dropped = forget_remote(storage, lost)
         log.warning(
             "%s; %d blobs are lost: saving without the tags that need them (%s)",
             error,
             len(lost),
-            ", ".join(item["tag"] for item in dropped) or "none",
+            ", ".join(dropped) or "none",
         )
         return take_snapshot(storage)
 
